@@ -1,0 +1,152 @@
+"""Run a real Strongroom home for tests: ``strongroom init`` then ``serve``.
+
+The server runs as a subprocess on free loopback ports, exactly as an
+administrator would start it; tests talk to it over SMTP and HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+USER_PASSWORD = "user-password-for-tests"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def strongroom(*args: str, stdin: str | None = None, env: dict | None = None) -> str:
+    """Run the ``strongroom`` CLI and return its standard output."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "web.cli", *args],
+        input=stdin, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"strongroom {' '.join(args)} failed ({completed.returncode}):\n"
+            f"{completed.stdout}\n{completed.stderr}"
+        )
+    return completed.stdout
+
+
+class ArchiveServer:
+    """A Strongroom home with ``serve`` running on loopback ports."""
+
+    def __init__(self, home: Path, domains: tuple[str, ...] = ("example.com",)) -> None:
+        self.home = Path(home)
+        self.domains = domains
+        self.smtp_port = free_port()
+        self.web_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.web_port}"
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.home.parent / f"{self.home.name}-serve.log"
+
+    def init(self) -> None:
+        """Create the home with ``strongroom init``."""
+        domain_args = [arg for d in self.domains for arg in ("--domain", d)]
+        strongroom("init", "--home", str(self.home), *domain_args,
+                   env={"STRONGROOM_ADMIN_PASSWORD": ADMIN_PASSWORD})
+
+    def start(self) -> None:
+        """Start ``strongroom serve`` and wait until both listeners answer."""
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "serve", "--home", str(self.home),
+             "--smtp-listen", f"127.0.0.1:{self.smtp_port}",
+             "--web-listen", f"127.0.0.1:{self.web_port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        for port in (self.smtp_port, self.web_port):
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"serve exited:\n{self.log_path.read_text()}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"serve did not listen on {port}")
+                    time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        """Stop the server with SIGTERM and return its exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise RuntimeError("serve did not stop within 30 s of SIGTERM")
+
+    def add_user(self, address: str, *aliases: str, role: str = "user") -> str:
+        """Create an account and return a new API token for it."""
+        alias_args = [arg for a in aliases for arg in ("--alias", a)]
+        strongroom("user", "add", address, "--home", str(self.home), "--role", role,
+                   *alias_args, "--password-stdin", stdin=USER_PASSWORD + "\n")
+        return strongroom("token", "create", address, "--home", str(self.home)).strip()
+
+    def send(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> str:
+        """Send one message over SMTP and return the server's 250 text."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=60) as client:
+            client.ehlo("tests.example.com")
+            client.mail(mail_from)
+            for rcpt in rcpt_tos:
+                code, text = client.rcpt(rcpt)
+                if code != 250:
+                    raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
+            code, text = client.data(raw)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, text)
+            return text.decode()
+
+    def get(self, path: str, token: str | None) -> tuple[int, bytes, dict]:
+        """GET a portal path with an optional bearer token."""
+        request = urllib.request.Request(self.base_url + path)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read(), dict(response.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), dict(err.headers)
+
+    def search(self, token: str, query: str, **params: str) -> dict:
+        """Run an API search and return its JSON."""
+        query_string = urllib.parse.urlencode({"q": query, **params})
+        status, body, _ = self.get(f"/api/v1/search?{query_string}", token)
+        if status != 200:
+            raise AssertionError(f"search {query!r} answered {status}: {body[:500]!r}")
+        return json.loads(body)
+
+    def raw(self, token: str, message_id: str) -> tuple[int, bytes]:
+        """Download a message's original bytes through the API."""
+        status, body, _ = self.get(f"/api/v1/messages/{message_id}/raw", token)
+        return status, body
+
+    def wait_for(self, token: str, query: str, count: int = 1,
+                 timeout: float = 5.0) -> dict:
+        """Search until at least ``count`` results appear or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.search(token, query)
+            if found["total"] >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)

@@ -1,0 +1,196 @@
+"""Load the archive's settings: defaults, then config.toml, then environment.
+
+Every setting is explained once, in ``config.example.toml``.  Environment
+variables named ``STRONGROOM_<SECTION>_<KEY>`` override the file; lists are
+given comma-separated.  Paths are relative to the archive home.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from vault import ConfigError
+
+CONFIG_NAME = "config.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveSettings:
+    domains: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiverSettings:
+    listen: str = "127.0.0.1:2525"
+    hostname: str = "strongroom.local"
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    journal_addresses: tuple[str, ...] = ("journal",)
+    max_message_size: int = 64 * 1024 * 1024
+    max_recipients: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class PortalSettings:
+    listen: str = "127.0.0.1:8080"
+    secret_key_file: str = "keys/portal-secret"
+    secure_cookies: bool = False
+    threads: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSettings:
+    kind: str = "local"
+    path: str = "store"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySettings:
+    provider: str = "local"
+    key_file: str = "keys/kek.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueSettings:
+    engine: str = "whoosh"
+    path: str = "catalogue"
+    poll_interval: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlSettings:
+    database: str = "control.sqlite3"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The archive's typed, frozen settings; ``home`` anchors every path."""
+
+    home: Path
+    archive: ArchiveSettings = ArchiveSettings()
+    receiver: ReceiverSettings = ReceiverSettings()
+    portal: PortalSettings = PortalSettings()
+    store: StoreSettings = StoreSettings()
+    keys: KeySettings = KeySettings()
+    catalogue: CatalogueSettings = CatalogueSettings()
+    control: ControlSettings = ControlSettings()
+
+    def path(self, relative: str) -> Path:
+        """Resolve a configured path against the archive home."""
+        return self.home / relative
+
+    def replace(self, section: str, **changes: Any) -> Settings:
+        """Return a copy with some settings of one section changed."""
+        current = getattr(self, section)
+        return dataclasses.replace(
+            self, **{section: dataclasses.replace(current, **changes)}
+        )
+
+
+def load(home: Path, environ: dict[str, str] | None = None) -> Settings:
+    """Read ``home/config.toml`` and the environment into validated Settings.
+
+    Raises ConfigError naming the setting and the value it cannot use.
+    """
+    home = Path(home).resolve()
+    config_file = home / CONFIG_NAME
+    if not config_file.is_file():
+        raise ConfigError(f"no {CONFIG_NAME} in {home}; run 'strongroom init'")
+    try:
+        document = tomllib.loads(config_file.read_text("utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{config_file}: {err}") from None
+
+    environ = os.environ if environ is None else environ
+    sections = {}
+    for field in dataclasses.fields(Settings):
+        if field.name == "home":
+            continue
+        sections[field.name] = _load_section(
+            field.name, field.default, document.get(field.name, {}), environ
+        )
+    unknown = set(document) - set(sections)
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {CONFIG_NAME}: {sorted(unknown)}")
+    settings = Settings(home=home, **sections)
+    validate(settings)
+    return settings
+
+
+def _load_section(name: str, default: Any, table: dict, environ) -> Any:
+    values = {}
+    known = {field.name: field for field in dataclasses.fields(default)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{name}]: {sorted(unknown)}")
+    for key, field in known.items():
+        value = table.get(key, getattr(default, key))
+        env_name = f"STRONGROOM_{name}_{key}".upper()
+        if env_name in environ:
+            value = _from_environment(env_name, environ[env_name], field.default)
+        values[key] = _coerce(f"{name}.{key}", value, getattr(default, key))
+    return dataclasses.replace(default, **values)
+
+
+def _from_environment(env_name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, tuple):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if isinstance(default, bool):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{env_name}={raw!r}: expected true or false")
+        return raw.lower() in ("1", "true", "yes")
+    return raw
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, tuple):
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(str(item) for item in value)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"setting {name} = {value!r}: expected {type(default).__name__}"
+        ) from None
+
+
+def parse_listen(name: str, value: str) -> tuple[str, int]:
+    """Split a ``HOST:PORT`` listen address, naming the setting on error."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"setting {name} = {value!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def validate(settings: Settings) -> None:
+    """Check values that types alone cannot; raise ConfigError on the first."""
+    parse_listen("receiver.listen", settings.receiver.listen)
+    parse_listen("portal.listen", settings.portal.listen)
+    for network in settings.receiver.trusted_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"setting receiver.trusted_networks: {network!r} is not a network"
+            ) from None
+    if settings.store.kind != "local":
+        raise ConfigError(f"setting store.kind = {settings.store.kind!r}: only 'local'")
+    if settings.keys.provider != "local":
+        raise ConfigError(
+            f"setting keys.provider = {settings.keys.provider!r}: only 'local'"
+        )
+    if settings.catalogue.engine != "whoosh":
+        raise ConfigError(
+            f"setting catalogue.engine = {settings.catalogue.engine!r}: only 'whoosh'"
+        )
+    if settings.receiver.max_message_size < 1024:
+        raise ConfigError("setting receiver.max_message_size: at least 1024 bytes")

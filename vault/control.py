@@ -1,0 +1,93 @@
+"""The control database: accounts, addresses, API tokens, audit trail.
+
+SQLite in WAL mode, one short-lived connection per operation so that the
+receiver, the follower and the portal's threads never share one.  Nothing
+here is needed to prove what the archive received: the vault is the source
+of truth, and this database is the archive's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vault.clock import now
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id            INTEGER PRIMARY KEY,
+    address       TEXT NOT NULL UNIQUE,
+    role          TEXT NOT NULL CHECK (role IN ('user', 'auditor', 'admin')),
+    password_hash TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    address TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id)
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users(id),
+    created_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY,
+    at     TEXT NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+class ControlDB:
+    """Open short-lived connections to the control database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def create(self) -> None:
+        """Create the schema; safe to call on an existing database."""
+        with self.connect() as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """Yield a connection that commits on success and always closes."""
+        connection = sqlite3.connect(self.path, timeout=30)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA foreign_keys=ON")
+        try:
+            with connection:
+                yield connection
+        finally:
+            connection.close()
+
+    def audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
+        """Append one event to the audit trail."""
+        with self.connect() as connection:
+            connection.execute(
+                "INSERT INTO audit (at, actor, action, target, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (now().isoformat(), actor, action, target,
+                 json.dumps(detail, sort_keys=True)),
+            )
+
+    def audit_events(self, actor: str | None = None, limit: int = 100) -> list[dict]:
+        """Return the latest audit events, newest first."""
+        query = "SELECT * FROM audit"
+        parameters: tuple = ()
+        if actor is not None:
+            query += " WHERE actor = ?"
+            parameters = (actor,)
+        query += " ORDER BY id DESC LIMIT ?"
+        with self.connect() as connection:
+            rows = connection.execute(query, (*parameters, limit)).fetchall()
+        return [dict(row) for row in rows]

@@ -1,0 +1,97 @@
+"""Take a received message into the vault: name it, seal it, write it once.
+
+``Vault`` is the one door to stored mail.  ``archive`` returns only when
+both the message object and its receipt are durable; any exception it
+raises means the delivery must be answered with a 4xx so the sender
+retries.  Reads authenticate every object before returning a byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterator
+
+from vault import ObjectExistsError
+from vault.clock import now
+from vault.config import Settings
+from vault.keys import KeyProvider, LocalKeyFile
+from vault.ownership import Envelope, OwnershipRules
+from vault.receipts import RECEIPTS, Receipt, receipt_key
+from vault.sealing import open_sealed, seal
+from vault.store import LocalWormStore, ObjectStore
+
+log = logging.getLogger(__name__)
+
+MESSAGES = "messages"
+
+
+class Vault:
+    """Seal messages and receipts into a store, and read them back."""
+
+    def __init__(
+        self, store: ObjectStore, keys: KeyProvider, rules: OwnershipRules
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.rules = rules
+
+    def message_key(self, raw: bytes) -> str:
+        """Return the object key of a message: a keyed HMAC of its bytes."""
+        digest = hmac.new(self.keys.identity_key(), raw, hashlib.sha256)
+        return f"{MESSAGES}/{digest.hexdigest()}"
+
+    def archive(self, raw: bytes, envelope: Envelope) -> Receipt:
+        """Store ``raw`` once and record this delivery of it; durable on return."""
+        message_key = self.message_key(raw)
+        if not self.store.exists(message_key):
+            try:
+                self.store.put(message_key, seal(self.keys, message_key, raw))
+            except ObjectExistsError:
+                log.debug("%s: stored concurrently by another delivery", message_key)
+
+        received_at = now()
+        receipt = Receipt(
+            key=receipt_key(received_at),
+            received_at=received_at,
+            message_key=message_key,
+            sha256=hashlib.sha256(raw).hexdigest(),
+            size=len(raw),
+            peer=envelope.peer,
+            helo=envelope.helo,
+            mail_from=envelope.mail_from,
+            rcpt_tos=envelope.rcpt_tos,
+            owners=self.rules.owners(raw, envelope),
+            journaled=any(self.rules.is_journal(r) for r in envelope.rcpt_tos),
+        )
+        self.store.put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()))
+        log.info(
+            "archived %s as %s (%d bytes, owners %s)",
+            receipt.key, message_key, len(raw), ",".join(receipt.owners) or "-",
+            extra={"event": "vault.archived"},
+        )
+        return receipt
+
+    def read_message(self, message_key: str) -> bytes:
+        """Return the authenticated bytes of a stored message."""
+        return open_sealed(self.keys, message_key, self.store.get(message_key))
+
+    def read_receipt(self, key: str) -> Receipt:
+        """Return the authenticated receipt stored under ``key``."""
+        return Receipt.from_json(open_sealed(self.keys, key, self.store.get(key)))
+
+    def receipts_after(self, cursor: str = "") -> Iterator[str]:
+        """Yield receipt keys in time order, strictly after ``cursor``."""
+        return self.store.list(RECEIPTS, after=cursor)
+
+
+def open_vault(settings: Settings) -> Vault:
+    """Open the vault that ``settings`` describe."""
+    store = LocalWormStore(settings.path(settings.store.path))
+    keys = LocalKeyFile(settings.path(settings.keys.key_file))
+    rules = OwnershipRules(
+        domains=settings.archive.domains,
+        journal_addresses=settings.receiver.journal_addresses,
+    )
+    return Vault(store, keys, rules)

@@ -1,0 +1,86 @@
+"""Decide which archive mailboxes own a message.
+
+A message belongs to every local address that sent or received it: the
+envelope sender and recipients, and - when the mail server journaled it to
+a journal address, so the envelope names only the archive - the addresses
+in its From, To, Cc, Bcc and Delivered-To headers.  Local means "in one of
+the organisation's domains"; addresses are compared lower-cased.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+OWNER_HEADERS = ("from", "to", "cc", "bcc", "delivered-to")
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """What the SMTP transaction said about a message, apart from its bytes."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    peer: str = ""
+    helo: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnershipRules:
+    """The organisation's domains and the addresses that receive journals."""
+
+    domains: tuple[str, ...]
+    journal_addresses: tuple[str, ...] = ("journal",)
+
+    def is_local(self, address: str) -> bool:
+        """Tell whether ``address`` is in one of the organisation's domains."""
+        _, at, domain = address.rpartition("@")
+        return bool(at) and domain.lower() in {d.lower() for d in self.domains}
+
+    def is_journal(self, address: str) -> bool:
+        """Tell whether ``address`` is a journal address.
+
+        An entry with an ``@`` names one address; an entry without one names
+        a local part in any domain (the default, ``journal``).
+        """
+        address = normalise(address)
+        local_part = address.rpartition("@")[0]
+        for entry in self.journal_addresses:
+            entry = entry.lower()
+            if address == entry or ("@" not in entry and local_part == entry):
+                return True
+        return False
+
+    def owners(self, raw: bytes, envelope: Envelope) -> tuple[str, ...]:
+        """Return the sorted local addresses that own ``raw``."""
+        journaled = any(self.is_journal(rcpt) for rcpt in envelope.rcpt_tos)
+        candidates = [envelope.mail_from, *envelope.rcpt_tos]
+        if journaled:
+            candidates += header_addresses(raw)
+        return tuple(sorted({
+            normalise(address)
+            for address in candidates
+            if self.is_local(address) and not self.is_journal(address)
+        }))
+
+
+def normalise(address: str) -> str:
+    """Return the comparable form of an address: stripped, lower-cased."""
+    return address.strip().strip("<>").lower()
+
+
+def header_addresses(raw: bytes) -> list[str]:
+    """Return every address in the owner headers of ``raw``.
+
+    The legacy compat32 policy is used on purpose: it never raises on a
+    malformed header, and a header we cannot read must not cost a message
+    its owners elsewhere.
+    """
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    values = []
+    for name in OWNER_HEADERS:
+        for value in headers.get_all(name, []):
+            values.append(str(value))
+    return [address for _, address in getaddresses(values) if "@" in address]

@@ -1,0 +1,57 @@
+"""Receipts: one record per delivery, keyed so that key order is time order.
+
+A receipt key is ``receipts/YYYY/MM/DD/HHMMSS.ffffff-<random>`` in UTC; the
+random suffix keeps two deliveries in the same microsecond apart.  The body
+is JSON, sealed like every other object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import secrets
+from typing import Any
+
+RECEIPT_FORMAT = 1
+RECEIPTS = "receipts"
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """One delivery of one message to the archive."""
+
+    key: str
+    received_at: dt.datetime
+    message_key: str
+    sha256: str
+    size: int
+    peer: str
+    helo: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    owners: tuple[str, ...]
+    journaled: bool
+
+    def to_json(self) -> bytes:
+        """Serialise the receipt for sealing."""
+        fields = dataclasses.asdict(self)
+        fields["received_at"] = self.received_at.isoformat()
+        fields["format"] = RECEIPT_FORMAT
+        return json.dumps(fields, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Receipt:
+        """Read a receipt written by ``to_json``."""
+        fields: dict[str, Any] = json.loads(data)
+        fields.pop("format", None)
+        fields["received_at"] = dt.datetime.fromisoformat(fields["received_at"])
+        fields["rcpt_tos"] = tuple(fields["rcpt_tos"])
+        fields["owners"] = tuple(fields["owners"])
+        return cls(**fields)
+
+
+def receipt_key(received_at: dt.datetime) -> str:
+    """Return a new, time-ordered key for a receipt made at ``received_at``."""
+    utc = received_at.astimezone(dt.timezone.utc)
+    return f"{RECEIPTS}/{utc:%Y/%m/%d/%H%M%S.%f}-{secrets.token_hex(6)}"

@@ -1,0 +1,1 @@
+"""The portal: accounts, search, reading and download, and the CLI."""

@@ -1,0 +1,154 @@
+"""Accounts, their mailboxes and API tokens.
+
+A user holds one or more archive mailboxes (their own address, aliases and
+shared mailboxes); everything a user may see is decided by that set.
+Passwords are hashed with Argon2id; API tokens are random 256-bit strings
+of which only a SHA-256 is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import sqlite3
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from vault.clock import now
+from vault.control import ControlDB
+from vault.ownership import OwnershipRules, normalise
+
+ROLES = ("user", "auditor", "admin")
+MIN_PASSWORD_LENGTH = 12
+TOKEN_PREFIX = "srt_"
+
+_hasher = PasswordHasher()
+# Verifying against this keeps a sign-in for an unknown address as slow as
+# one for a known address, so timing does not reveal which accounts exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(ValueError):
+    """An account operation was refused; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    """A signed-in person and the mailboxes whose mail they may see."""
+
+    id: int
+    address: str
+    role: str
+    mailboxes: frozenset[str]
+
+    # flask-login's user protocol.
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class Accounts:
+    """Create, find and authenticate users in the control database."""
+
+    def __init__(self, control: ControlDB, rules: OwnershipRules) -> None:
+        self.control = control
+        self.rules = rules
+
+    def add(self, address: str, password: str, role: str = "user",
+            aliases: tuple[str, ...] = ()) -> User:
+        """Create a user for a local address; raise AccountError if refused."""
+        address = normalise(address)
+        mailboxes = [address, *(normalise(alias) for alias in aliases)]
+        if role not in ROLES:
+            raise AccountError(f"unknown role {role!r}; choose from {', '.join(ROLES)}")
+        for mailbox in mailboxes:
+            if not self.rules.is_local(mailbox):
+                raise AccountError(
+                    f"{mailbox} is not in the archive's domains "
+                    f"({', '.join(self.rules.domains) or 'none configured'})"
+                )
+        check_password(password)
+        try:
+            with self.control.connect() as connection:
+                cursor = connection.execute(
+                    "INSERT INTO users (address, role, password_hash, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (address, role, _hasher.hash(password), now().isoformat()),
+                )
+                connection.executemany(
+                    "INSERT INTO mailboxes (address, user_id) VALUES (?, ?)",
+                    [(mailbox, cursor.lastrowid) for mailbox in dict.fromkeys(mailboxes)],
+                )
+        except sqlite3.IntegrityError:
+            raise AccountError(f"{address} or one of its aliases already has an account") from None
+        user = self.get(address=address)
+        assert user is not None
+        return user
+
+    def get(self, *, user_id: int | None = None, address: str | None = None) -> User | None:
+        """Return the enabled user with this id or address, if any."""
+        column, value = ("id", user_id) if user_id is not None else ("address", normalise(address or ""))
+        with self.control.connect() as connection:
+            row = connection.execute(
+                f"SELECT id, address, role FROM users WHERE {column} = ? AND disabled = 0",
+                (value,),
+            ).fetchone()
+            if row is None:
+                return None
+            mailboxes = connection.execute(
+                "SELECT address FROM mailboxes WHERE user_id = ?", (row["id"],)
+            ).fetchall()
+        return User(row["id"], row["address"], row["role"],
+                    frozenset(m["address"] for m in mailboxes))
+
+    def authenticate(self, address: str, password: str) -> User | None:
+        """Return the user if the password is right, else None (same cost)."""
+        with self.control.connect() as connection:
+            row = connection.execute(
+                "SELECT id, password_hash FROM users WHERE address = ? AND disabled = 0",
+                (normalise(address),),
+            ).fetchone()
+        try:
+            _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return self.get(user_id=row["id"]) if row else None
+
+    def create_token(self, address: str) -> str:
+        """Create an API token for a user and return it; it is shown once."""
+        user = self.get(address=address)
+        if user is None:
+            raise AccountError(f"no account for {normalise(address)}")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.control.connect() as connection:
+            connection.execute(
+                "INSERT INTO api_tokens (token_sha256, user_id, created_at) VALUES (?, ?, ?)",
+                (_token_digest(token), user.id, now().isoformat()),
+            )
+        return token
+
+    def user_for_token(self, token: str) -> User | None:
+        """Return the user an API token belongs to, if it is valid."""
+        with self.control.connect() as connection:
+            row = connection.execute(
+                "SELECT user_id FROM api_tokens WHERE token_sha256 = ?",
+                (_token_digest(token),),
+            ).fetchone()
+        return self.get(user_id=row["user_id"]) if row else None
+
+
+def check_password(password: str) -> None:
+    """Raise AccountError if a new password is too weak."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _token_digest(token: str) -> str:
+    # Tokens carry 256 random bits, so a plain hash cannot be brute-forced;
+    # lookup by digest also avoids comparing secrets byte by byte.
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
