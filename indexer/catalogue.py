@@ -1,0 +1,189 @@
+"""The Whoosh catalogue: one document per stored message, found by owner.
+
+Every end-user query carries the set of mailboxes the user may see; the
+catalogue applies it as a filter inside the engine, so no result outside
+that set is ever scored, counted or returned.  Dates are stored as naive
+UTC because Whoosh drops an offset without converting it (case B22).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+
+from whoosh import highlight, index
+from whoosh.analysis import StandardAnalyzer
+from whoosh.fields import DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT, Schema
+from whoosh.qparser import MultifieldParser
+from whoosh.query import Every, Or, Query, Term
+from whoosh.searching import Searcher
+
+from indexer import QueryError
+
+log = logging.getLogger(__name__)
+
+# Search fields as users type them (``from:alice``); the default fields
+# are searched by free text.
+SEARCH_FIELDS = ("subject", "from", "to", "cc", "body", "attachment")
+SNIPPET_STORED_CHARS = 100_000
+MATCH_START, MATCH_END = "\x02", "\x03"
+
+
+def _analyzer():
+    # No stop list: in an archive "the who" or "IT" may be exactly the query.
+    return StandardAnalyzer(stoplist=None)
+
+
+SCHEMA = Schema(
+    id=ID(unique=True, stored=True),
+    owners=KEYWORD(stored=True, commas=True, lowercase=True),
+    subject=TEXT(stored=True, analyzer=_analyzer()),
+    **{"from": TEXT(stored=True, analyzer=_analyzer())},
+    to=TEXT(stored=True, analyzer=_analyzer()),
+    cc=TEXT(stored=True, analyzer=_analyzer()),
+    body=TEXT(analyzer=_analyzer()),
+    preview=STORED,
+    attachment=TEXT(stored=True, analyzer=_analyzer()),
+    message_id=ID(stored=True),
+    date=DATETIME(stored=True, sortable=True),
+    size=NUMERIC(stored=True),
+    receipts=STORED,
+    defects=STORED,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One search result as the portal and the API show it."""
+
+    id: str
+    subject: str
+    sender: str
+    date: dt.datetime | None
+    snippet: list[tuple[str, bool]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """A page of hits and the total number of matches."""
+
+    total: int
+    page: int
+    per_page: int
+    hits: list[Hit]
+
+
+class Catalogue:
+    """Open (or create) the Whoosh index under ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if index.exists_in(str(self.path)):
+            self._index = index.open_dir(str(self.path))
+        else:
+            self._index = index.create_in(str(self.path), SCHEMA)
+        self._write_lock = threading.Lock()
+
+    def writer(self):
+        """Return a writer; only the follower writes, one batch at a time."""
+        return self._index.writer()
+
+    def document(self, message_id: str, searcher: Searcher | None = None) -> dict | None:
+        """Return the stored fields of one message's document, if indexed."""
+        if searcher is not None:
+            return searcher.document(id=message_id)
+        with self._index.searcher() as own:
+            return own.document(id=message_id)
+
+    def count(self) -> int:
+        """Return the number of documents."""
+        with self._index.searcher() as searcher:
+            return searcher.doc_count()
+
+    def search(self, text: str, *, owners: frozenset[str], page: int = 1,
+               per_page: int = 20) -> Results:
+        """Find documents owned by any of ``owners`` that match ``text``.
+
+        Raises QueryError for a query that cannot be read.
+        """
+        query = self.parse(text)
+        if not owners:
+            return Results(0, page, per_page, [])
+        owner_filter = Or([Term("owners", owner.lower()) for owner in sorted(owners)])
+        with self._index.searcher() as searcher:
+            found = searcher.search_page(
+                query, page, pagelen=per_page, filter=owner_filter,
+                sortedby="date", reverse=True, terms=True,
+            )
+            found.results.fragmenter = highlight.ContextFragmenter(surround=60)
+            found.results.formatter = _SentinelFormatter()
+            hits = [_hit(hit) for hit in found]
+            return Results(len(found), page, per_page, hits)
+
+    def is_visible(self, message_id: str, owners: frozenset[str]) -> bool:
+        """Tell whether any of ``owners`` owns the message (the second check)."""
+        document = self.document(message_id)
+        if document is None:
+            return False
+        return bool(set(document["owners"].split(",")) & {o.lower() for o in owners})
+
+    def parse(self, text: str) -> Query:
+        """Compile the user's query text for Whoosh."""
+        text = (text or "").strip()
+        if not text or text == "*":
+            return Every()
+        if len(text) > 2000:
+            raise QueryError("the query is longer than 2000 characters")
+        parser = MultifieldParser(list(SEARCH_FIELDS), SCHEMA)
+        try:
+            return parser.parse(text)
+        except Exception as err:
+            raise QueryError(f"cannot read the query: {err}") from None
+
+
+class _SentinelFormatter(highlight.Formatter):
+    """Mark matched terms with control characters the portal turns into <mark>."""
+
+    between = " … "
+
+    def format_token(self, text, token, replace=False):
+        return MATCH_START + highlight.get_text(text, token, replace) + MATCH_END
+
+
+def _hit(hit) -> Hit:
+    preview = hit.get("preview", "")
+    fragment = hit.highlights("body", text=preview, top=2) or preview[:200]
+    return Hit(
+        id=hit["id"],
+        subject=hit.get("subject", ""),
+        sender=hit.get("from", ""),
+        date=hit.get("date"),
+        snippet=split_snippet(fragment),
+    )
+
+
+def split_snippet(fragment: str) -> list[tuple[str, bool]]:
+    """Split a highlighted fragment into (text, is_match) runs."""
+    runs: list[tuple[str, bool]] = []
+    for piece in fragment.split(MATCH_START):
+        matched, _, rest = piece.partition(MATCH_END)
+        if rest or MATCH_END in piece:
+            runs.append((matched, True))
+            if rest:
+                runs.append((rest, False))
+        elif matched:
+            runs.append((matched, False))
+    return runs
+
+
+def utc_naive(moment: dt.datetime | None) -> dt.datetime | None:
+    """Return ``moment`` in UTC without tzinfo, the only form Whoosh keeps."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)

@@ -1,0 +1,208 @@
+"""Extract searchable text and metadata from a message's raw bytes.
+
+Malformed mail is data, not an error: every step that can fail on hostile
+or broken input falls back to a more lenient reading and records a defect,
+and extraction as a whole never raises for bad mail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import logging
+import mimetypes
+from email import policy
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+
+import nh3
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 2_000_000
+MAX_PARTS = 500
+
+
+@dataclasses.dataclass
+class Extract:
+    """What the catalogue needs to know about one message."""
+
+    subject: str = ""
+    sender: str = ""
+    to: str = ""
+    cc: str = ""
+    message_id: str = ""
+    date: dt.datetime | None = None
+    body: str = ""
+    attachments: list[str] = dataclasses.field(default_factory=list)
+    defects: list[str] = dataclasses.field(default_factory=list)
+
+
+def extract(raw: bytes) -> Extract:
+    """Read ``raw`` as far as it can be read; never raises for bad mail."""
+    result = Extract()
+    try:
+        message = BytesParser(policy=policy.compat32).parsebytes(raw)
+    except Exception as err:  # the parser is lenient, but be certain
+        result.defects.append(f"unparsable message: {err}")
+        result.body = raw.decode("utf-8", "replace")[:MAX_TEXT_CHARS]
+        return result
+    result.subject = header_text(message, "subject")
+    result.sender = address_text(message, "from")
+    result.to = address_text(message, "to")
+    result.cc = address_text(message, "cc")
+    result.message_id = header_text(message, "message-id").strip()
+    result.date = header_date(message, result.defects)
+    result.defects.extend(type(defect).__name__ for defect in message.defects)
+
+    texts: list[str] = []
+    for index, part in enumerate(message.walk()):
+        if index >= MAX_PARTS:
+            result.defects.append(f"more than {MAX_PARTS} parts; rest not indexed")
+            break
+        if part.is_multipart():
+            continue
+        _read_part(part, index, texts, result)
+    result.body = "\n".join(texts)[:MAX_TEXT_CHARS]
+    return result
+
+
+def _read_part(part: Message, index: int, texts: list[str], result: Extract) -> None:
+    filename = part_filename(part, result.defects)
+    disposition = (part.get("content-disposition") or "").split(";")[0].strip().lower()
+    content_type = part.get_content_type()
+    if filename or disposition == "attachment":
+        result.attachments.append(filename or fallback_filename(part, index))
+        return
+    if content_type == "text/plain":
+        texts.append(part_text(part, result.defects))
+    elif content_type == "text/html":
+        texts.append(html_to_text(part_text(part, result.defects)))
+
+
+def header_text(message: Message, name: str) -> str:
+    """Return a header's value with RFC 2047 words and raw 8-bit decoded."""
+    value = message.get(name)
+    if value is None:
+        return ""
+    try:
+        chunks = decode_header(value)
+        readable = [
+            (decode_text(chunk, charset), "utf-8") if isinstance(chunk, bytes)
+            else (chunk, charset)
+            for chunk, charset in chunks
+        ]
+        return str(make_header(readable))
+    except Exception:
+        return str(value)
+
+
+def decode_text(raw: bytes, charset: str | None) -> str:
+    """Decode bytes by their declared charset, else UTF-8, else Windows-1252.
+
+    Raw 8-bit header bytes (labelled ``unknown-8bit`` by the parser) are
+    UTF-8 in modern mail (RFC 6532) and mostly Latin-1 or Windows-1252 in
+    older mail.
+    """
+    if charset and charset != "unknown-8bit":
+        try:
+            return raw.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("windows-1252", "replace")
+
+
+def address_text(message: Message, name: str) -> str:
+    """Return a header's addresses as "Name <address>" text, decoded."""
+    decoded = header_text(message, name)
+    pairs = getaddresses([decoded])
+    return ", ".join(
+        f"{display} <{address}>" if display else address
+        for display, address in pairs if address or display
+    ) or decoded
+
+
+def header_date(message: Message, defects: list[str]) -> dt.datetime | None:
+    """Return the Date header as an aware UTC datetime, or None.
+
+    A date without a zone is taken as UTC; engines must only ever see UTC,
+    since some drop the offset without converting (case B22).
+    """
+    value = message.get("date")
+    if value is None:
+        return None
+    try:
+        parsed = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        defects.append("unparsable Date header")
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def fallback_filename(part: Message, index: int) -> str:
+    """Name an attachment that carries no usable name of its own."""
+    extension = mimetypes.guess_extension(part.get_content_type()) or ".bin"
+    return f"part-{index}{extension}"
+
+
+def part_filename(part: Message, defects: list[str]) -> str:
+    """Return a part's file name (RFC 2231 and RFC 2047 decoded), or ""."""
+    for header in ("content-disposition", "content-type"):
+        for key, value in part.get_params(header=header, failobj=[])[1:]:
+            if isinstance(value, tuple):
+                value = value[2]
+            if not value and key in ("name", "filename"):
+                defects.append(f"{header} parameter {key} has no value")
+    try:
+        name = part.get_filename() or part.get_param("name") or ""
+    except Exception:
+        defects.append("unreadable file name parameter")
+        return ""
+    if isinstance(name, tuple):
+        name = _rfc2231_value(name)
+    name = str(name)
+    if "=?" in name:
+        try:
+            name = str(make_header(decode_header(name)))
+        except Exception:
+            pass
+    return name.strip()
+
+
+def _rfc2231_value(value: tuple) -> str:
+    charset, _, text = value
+    try:
+        return text.encode("latin-1", "surrogateescape").decode(charset or "us-ascii")
+    except (LookupError, UnicodeError):
+        return text
+
+
+def part_text(part: Message, defects: list[str]) -> str:
+    """Decode a text part's body by its charset, tolerating lies and gaps."""
+    try:
+        payload = part.get_payload(decode=True) or b""
+    except Exception:
+        defects.append("undecodable transfer encoding")
+        payload = str(part.get_payload()).encode("utf-8", "replace")
+    charset = part.get_content_charset() or "us-ascii"
+    for candidate in (charset, "utf-8"):
+        try:
+            return payload.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    defects.append(f"text not decodable as {charset}")
+    return payload.decode("windows-1252", "replace")
+
+
+def html_to_text(markup: str) -> str:
+    """Return the readable text of an HTML body (scripts and styles dropped)."""
+    stripped = nh3.clean(markup, tags=set(), attributes={}, strip_comments=True)
+    return html.unescape(stripped)

@@ -1,0 +1,150 @@
+"""Follow the vault's receipts into the catalogue.
+
+The follower lists receipts after its cursor, indexes each message once and
+adds each receipt's owners to its document, commits a batch, and only then
+moves the cursor.  A crash between commit and cursor leaves receipts that
+are indexed again on restart; that is harmless, because adding a receipt
+to a document that already has it changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
+from indexer.extract import extract
+from vault import VaultError
+from vault.ingest import MESSAGES, Vault
+from vault.receipts import Receipt
+
+log = logging.getLogger(__name__)
+
+BATCH_RECEIPTS = 500
+
+
+class Follower:
+    """Index receipts after a durable cursor."""
+
+    def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path) -> None:
+        self.vault = vault
+        self.catalogue = catalogue
+        self.cursor_path = Path(cursor_path)
+        self.wake = threading.Event()
+
+    @property
+    def cursor(self) -> str:
+        """Return the key of the last receipt indexed and committed."""
+        try:
+            return self.cursor_path.read_text("ascii").strip()
+        except FileNotFoundError:
+            return ""
+
+    def catch_up(self) -> int:
+        """Index every receipt after the cursor; return how many."""
+        total = 0
+        while True:
+            batch = []
+            for key in self.vault.receipts_after(self.cursor):
+                batch.append(key)
+                if len(batch) >= BATCH_RECEIPTS:
+                    break
+            if not batch:
+                return total
+            self._index_batch(batch)
+            self._save_cursor(batch[-1])
+            total += len(batch)
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Catch up until ``stop`` is set, waking early when told of new mail."""
+        while not stop.is_set():
+            try:
+                count = self.catch_up()
+                if count:
+                    log.info("indexed %d receipt(s), cursor %s", count, self.cursor,
+                             extra={"event": "follower.batch"})
+            except Exception:
+                log.exception("follower failed; retrying after %.1f s", interval,
+                              extra={"event": "follower.error"})
+            self.wake.wait(interval)
+            self.wake.clear()
+
+    def _index_batch(self, receipt_keys: list[str]) -> None:
+        documents: dict[str, dict] = {}
+        writer = self.catalogue.writer()
+        try:
+            with writer.searcher() as searcher:
+                for key in receipt_keys:
+                    self._add_receipt(key, documents, searcher)
+            for document in documents.values():
+                writer.update_document(**document)
+        except BaseException:
+            writer.cancel()
+            raise
+        writer.commit()
+
+    def _add_receipt(self, key: str, documents: dict[str, dict], searcher) -> None:
+        try:
+            receipt = self.vault.read_receipt(key)
+        except VaultError:
+            log.error("%s: receipt cannot be read; not indexed", key, exc_info=True,
+                      extra={"event": "follower.bad_receipt"})
+            return
+        message_id = receipt.message_key.removeprefix(MESSAGES + "/")
+        document = documents.get(message_id)
+        if document is None:
+            stored = self.catalogue.document(message_id, searcher)
+            if stored and key.rpartition("/")[2] in stored["receipts"]:
+                return
+            # Whoosh replaces whole documents and keeps no unstored field,
+            # so a new receipt for a known message means extracting again.
+            document = self._new_document(receipt, message_id)
+            if document is None:
+                return
+            if stored:
+                document["owners"] = stored["owners"]
+                document["receipts"] = list(stored["receipts"])
+            documents[message_id] = document
+        receipt_id = key.rpartition("/")[2]
+        if receipt_id not in document["receipts"]:
+            document["receipts"] = [*document["receipts"], receipt_id]
+        owners = set(filter(None, document["owners"].split(","))) | set(receipt.owners)
+        document["owners"] = ",".join(sorted(owners))
+
+    def _new_document(self, receipt: Receipt, message_id: str) -> dict | None:
+        try:
+            raw = self.vault.read_message(receipt.message_key)
+        except VaultError:
+            log.error("%s: message cannot be read; not indexed", receipt.message_key,
+                      exc_info=True, extra={"event": "follower.bad_message"})
+            return None
+        found = extract(raw)
+        sender = found.sender or receipt.mail_from
+        if receipt.mail_from and receipt.mail_from.lower() not in sender.lower():
+            sender = f"{sender} {receipt.mail_from}".strip()
+        return {
+            "id": message_id,
+            "owners": "",
+            "subject": found.subject,
+            "from": sender,
+            "to": found.to,
+            "cc": found.cc,
+            "body": found.body,
+            "preview": found.body[:SNIPPET_STORED_CHARS],
+            "attachment": " ".join(found.attachments),
+            "message_id": found.message_id,
+            "date": utc_naive(found.date or receipt.received_at),
+            "size": receipt.size,
+            "receipts": [],
+            "defects": found.defects,
+        }
+
+    def _save_cursor(self, key: str) -> None:
+        scratch = self.cursor_path.with_suffix(".tmp")
+        with open(scratch, "w", encoding="ascii") as handle:
+            handle.write(key + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, self.cursor_path)

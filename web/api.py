@@ -1,0 +1,83 @@
+"""The JSON API for scripts: bearer tokens, the caller's own mail only."""
+
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, Response, g, jsonify, request
+from werkzeug.exceptions import BadRequest, Unauthorized
+
+from indexer import QueryError
+from web.archive import archive
+
+api = Blueprint("api", __name__)
+
+MAX_PER_PAGE = 200
+
+
+def token_required(view):
+    """Authenticate the request by its ``Authorization: Bearer`` token."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        user = None
+        if scheme.lower() == "bearer" and token.strip():
+            user = archive().accounts.user_for_token(token.strip())
+        if user is None:
+            raise Unauthorized("A valid bearer token is required.")
+        g.api_user = user
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@api.get("/search")
+@token_required
+def search():
+    query = request.args.get("q", "")
+    page = _positive_int("page", 1)
+    per_page = min(_positive_int("per_page", 20), MAX_PER_PAGE)
+    try:
+        results = archive().catalogue.search(
+            query, owners=g.api_user.mailboxes, page=page, per_page=per_page
+        )
+    except QueryError as err:
+        raise BadRequest(str(err)) from None
+    archive().control.audit(g.api_user.address, "search", query=query,
+                            via="api", total=results.total)
+    return jsonify(
+        total=results.total,
+        page=results.page,
+        per_page=results.per_page,
+        results=[
+            {
+                "id": hit.id,
+                "subject": hit.subject,
+                "from": hit.sender,
+                "date": hit.date.isoformat() + "Z" if hit.date else None,
+            }
+            for hit in results.hits
+        ],
+    )
+
+
+@api.get("/messages/<message_id>/raw")
+@token_required
+def raw(message_id: str):
+    data = archive().open_message(g.api_user, message_id)
+    archive().control.audit(g.api_user.address, "download", message_id, via="api")
+    return Response(
+        data,
+        mimetype="message/rfc822",
+        headers={"Content-Disposition": f'attachment; filename="{message_id}.eml"'},
+    )
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = request.args.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise BadRequest(f"{name} must be a positive whole number")
+    return int(value)

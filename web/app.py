@@ -1,0 +1,121 @@
+"""Build the Flask application: the portal pages and the JSON API."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template, request
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from indexer.catalogue import Catalogue
+from vault.config import Settings
+from vault.control import ControlDB
+from vault.ingest import Vault, open_vault
+from web.accounts import Accounts
+from web.archive import Archive
+
+log = logging.getLogger(__name__)
+
+# The portal serves no script and loads nothing from elsewhere; archived
+# content can therefore never run or phone home from these pages.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def create_app(settings: Settings, *, vault: Vault | None = None,
+               catalogue: Catalogue | None = None) -> Flask:
+    """Return the portal for the archive that ``settings`` describe."""
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=read_secret(settings.path(settings.portal.secret_key_file)),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.portal.secure_cookies,
+        SESSION_COOKIE_NAME="strongroom_session",
+        PERMANENT_SESSION_LIFETIME=8 * 3600,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    control = ControlDB(settings.path(settings.control.database))
+    vault = vault or open_vault(settings)
+    catalogue = catalogue or Catalogue(settings.path(settings.catalogue.path))
+    accounts = Accounts(control, vault.rules)
+    app.extensions["strongroom"] = Archive(vault, catalogue, control, accounts)
+
+    login_manager = LoginManager(app)
+    login_manager.login_view = "portal.login"
+    login_manager.login_message = None
+    login_manager.session_protection = "strong"
+
+    @login_manager.user_loader
+    def load_user(user_id: str):
+        return accounts.get(user_id=int(user_id)) if user_id.isdigit() else None
+
+    from web.api import api
+    from web.portal import portal
+
+    csrf = CSRFProtect(app)
+    # The API authenticates with bearer tokens only, never with the session
+    # cookie, so a cross-site request cannot ride on a signed-in browser.
+    csrf.exempt(api)
+    app.register_blueprint(portal)
+    app.register_blueprint(api, url_prefix="/api/v1")
+    _register_errors(app)
+    app.after_request(_security_headers)
+    return app
+
+
+def read_secret(path: Path) -> bytes:
+    """Read the portal's session-signing key."""
+    return Path(path).read_bytes()
+
+
+def create_secret(path: Path) -> None:
+    """Write a new random session-signing key, readable by its owner only."""
+    import os
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+
+
+def _security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    def wants_json() -> bool:
+        return request.path.startswith("/api/")
+
+    @app.errorhandler(CSRFError)
+    def csrf_refused(error: CSRFError):
+        message = "The form had expired or was not sent from this site. Please try again."
+        return render_template("error.html", code=400, message=message), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        code = error.code or 500
+        message = error.description or error.name
+        if wants_json():
+            return jsonify(error=error.name.lower().replace(" ", "_"), message=message), code
+        return render_template("error.html", code=code, message=message), code
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        message = "Something went wrong on our side; it has been logged."
+        if wants_json():
+            return jsonify(error="internal_error", message=message), 500
+        return render_template("error.html", code=500, message=message), 500

@@ -1,0 +1,187 @@
+"""The ``strongroom`` command: set up a home, serve it, manage accounts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from vault import ConfigError, VaultError
+from vault.config import CONFIG_NAME, Settings, load, parse_listen
+from vault.control import ControlDB
+from vault.keys import LocalKeyFile
+from vault.store import LocalWormStore
+from web.accounts import AccountError, Accounts
+
+log = logging.getLogger("strongroom")
+
+CONFIG_TEMPLATE = """\
+# Strongroom archive home.  Every setting, its meaning and its default is
+# described in config.example.toml in the Strongroom distribution; settings
+# not named here take their defaults.
+
+[archive]
+# The organisation's mail domains: their addresses are archive mailboxes.
+domains = {domains}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    # Keys, mail and password hashes live under the home: private by default.
+    os.umask(0o077)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return arguments.command(arguments) or 0
+    except (ConfigError, AccountError, VaultError) as err:
+        print(f"strongroom: {err}", file=sys.stderr)
+        return 2
+
+
+def init(arguments: argparse.Namespace) -> int:
+    """Create a new archive home with keys, store, database and an admin."""
+    home = Path(arguments.home)
+    if home.exists() and any(home.iterdir()):
+        raise ConfigError(f"{home} already exists and is not empty; not overwriting it")
+    domains = [d.lower() for d in arguments.domain]
+    if not domains:
+        raise ConfigError("name at least one mail domain with --domain")
+    home.mkdir(mode=0o750, parents=True, exist_ok=True)
+    (home / CONFIG_NAME).write_text(CONFIG_TEMPLATE.format(domains=json.dumps(domains)))
+
+    settings = load(home)
+    LocalKeyFile.create(settings.path(settings.keys.key_file))
+    from web.app import create_secret
+
+    create_secret(settings.path(settings.portal.secret_key_file))
+    LocalWormStore(settings.path(settings.store.path))
+    control = ControlDB(settings.path(settings.control.database))
+    control.create()
+
+    admin = arguments.admin or f"admin@{domains[0]}"
+    password = os.environ.get("STRONGROOM_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
+    _accounts(settings, control).add(admin, password, role="admin")
+    control.audit("strongroom-init", "home.created", str(home), domains=domains)
+    print(f"Created the archive home {home}")
+    print(f"Administrator: {admin}")
+    if "STRONGROOM_ADMIN_PASSWORD" not in os.environ:
+        print(f"Password (shown once): {password}")
+    return 0
+
+
+def serve(arguments: argparse.Namespace) -> int:
+    """Run the receiver, the follower and the portal until told to stop."""
+    settings = _settings(arguments)
+    if arguments.smtp_listen:
+        settings = settings.replace("receiver", listen=arguments.smtp_listen)
+    if arguments.web_listen:
+        settings = settings.replace("portal", listen=arguments.web_listen)
+    parse_listen("--smtp-listen", settings.receiver.listen)
+    parse_listen("--web-listen", settings.portal.listen)
+    from web.service import Service
+
+    service = Service(settings)
+    stopping = threading.Event()
+
+    def request_stop(signum, frame):
+        if not stopping.is_set():
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            stopping.set()
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    service.run()
+    return 0
+
+
+def user_add(arguments: argparse.Namespace) -> int:
+    """Create an account for a local address."""
+    settings = _settings(arguments)
+    if arguments.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        raise ConfigError("give the password on standard input with --password-stdin")
+    control = ControlDB(settings.path(settings.control.database))
+    user = _accounts(settings, control).add(
+        arguments.address, password, role=arguments.role, aliases=tuple(arguments.alias)
+    )
+    control.audit("strongroom-cli", "user.created", user.address,
+                  role=user.role, mailboxes=sorted(user.mailboxes))
+    print(f"Created {user.role} {user.address} ({', '.join(sorted(user.mailboxes))})")
+    return 0
+
+
+def token_create(arguments: argparse.Namespace) -> int:
+    """Create an API token for an account and print it."""
+    settings = _settings(arguments)
+    control = ControlDB(settings.path(settings.control.database))
+    token = _accounts(settings, control).create_token(arguments.address)
+    control.audit("strongroom-cli", "token.created", arguments.address.lower())
+    print(token)
+    return 0
+
+
+def _settings(arguments: argparse.Namespace) -> Settings:
+    return load(Path(arguments.home))
+
+
+def _accounts(settings: Settings, control: ControlDB) -> Accounts:
+    from vault.ownership import OwnershipRules
+
+    rules = OwnershipRules(settings.archive.domains, settings.receiver.journal_addresses)
+    return Accounts(control, rules)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strongroom", description="Self-hosted compliance archive for email."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name, function, help_text, parent=commands):
+        sub = parent.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(command=function)
+        sub.add_argument("--home", required=True, help="the archive home directory")
+        return sub
+
+    sub = command("init", init, "create a new archive home")
+    sub.add_argument("--domain", action="append", default=[],
+                     help="an organisation mail domain (repeatable)")
+    sub.add_argument("--admin", help="the administrator's address (default admin@DOMAIN)")
+
+    sub = command("serve", serve, "run the receiver, the catalogue follower and the portal")
+    sub.add_argument("--smtp-listen", metavar="HOST:PORT", help="SMTP listen address")
+    sub.add_argument("--web-listen", metavar="HOST:PORT", help="portal listen address")
+
+    users = commands.add_parser("user", help="manage accounts").add_subparsers(
+        required=True, metavar="ACTION")
+    sub = command("add", user_add, "create an account", parent=users)
+    sub.add_argument("address")
+    sub.add_argument("--role", default="user", choices=("user", "auditor", "admin"))
+    sub.add_argument("--alias", action="append", default=[],
+                     help="another mailbox this user owns (repeatable)")
+    sub.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+
+    tokens = commands.add_parser("token", help="manage API tokens").add_subparsers(
+        required=True, metavar="ACTION")
+    sub = command("create", token_create, "create an API token and print it", parent=tokens)
+    sub.add_argument("address")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Run the whole archive in one process: receiver, follower and portal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import waitress
+
+from indexer.catalogue import Catalogue
+from indexer.follow import Follower
+from vault.config import Settings, parse_listen
+from vault.ingest import open_vault
+from vault.receiver import JournalHandler, Receiver
+from web.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """The embedded archive: every part started and stopped together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.vault = open_vault(settings)
+        self.catalogue = Catalogue(settings.path(settings.catalogue.path))
+        self.follower = Follower(
+            self.vault, self.catalogue, settings.path(settings.catalogue.path) / "cursor"
+        )
+        smtp_host, smtp_port = parse_listen("receiver.listen", settings.receiver.listen)
+        handler = JournalHandler(
+            self.vault,
+            settings.receiver.trusted_networks,
+            settings.receiver.max_recipients,
+            on_archived=self.follower.wake.set,
+        )
+        self.receiver = Receiver(
+            handler, smtp_host, smtp_port,
+            hostname=settings.receiver.hostname,
+            max_message_size=settings.receiver.max_message_size,
+        )
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        """Serve until SystemExit or KeyboardInterrupt, then stop every part."""
+        web_host, web_port = parse_listen("portal.listen", self.settings.portal.listen)
+        app = create_app(self.settings, vault=self.vault, catalogue=self.catalogue)
+        server = waitress.create_server(
+            app, host=web_host, port=web_port, threads=self.settings.portal.threads,
+            ident="strongroom",
+        )
+        self.receiver.start()
+        follower = threading.Thread(
+            target=self.follower.run,
+            args=(self._stop, self.settings.catalogue.poll_interval),
+            name="follower",
+        )
+        follower.start()
+        log.info("portal listening on http://%s:%d/", web_host, web_port,
+                 extra={"event": "portal.started"})
+        try:
+            server.run()
+        except (SystemExit, KeyboardInterrupt):
+            pass
+        finally:
+            log.info("stopping", extra={"event": "service.stopping"})
+            server.close()
+            self.receiver.stop()
+            self._stop.set()
+            self.follower.wake.set()
+            follower.join(timeout=60)
+            log.info("stopped", extra={"event": "service.stopped"})
