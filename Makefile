@@ -1,0 +1,31 @@
+# The two commands the README gives, as targets: `make run` and `make test`.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+
+# Same meaning as ${STRONGROOM_HOME:-./strongroom-home}: unset or empty
+# falls back to the default.
+STRONGROOM_HOME := $(or $(STRONGROOM_HOME),./strongroom-home)
+STRONGROOM_DOMAIN := $(or $(STRONGROOM_DOMAIN),example.com)
+PYTEST_ARGS ?=
+
+.PHONY: run test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+run: $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e .
+	if [ ! -e '$(STRONGROOM_HOME)' ]; then \
+	    $(VENV)/bin/strongroom init --home '$(STRONGROOM_HOME)' \
+	        --domain '$(STRONGROOM_DOMAIN)'; \
+	fi
+	$(VENV)/bin/strongroom serve --home '$(STRONGROOM_HOME)'
+
+# pytest's own status fails the target, so "no tests ran" (5) is a failure
+# too; make reports it as "Error 5" and exits 2.
+test: $(VENV)/bin/python
+	scripts/install-peers
+	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
