@@ -65,7 +65,10 @@ def open_sealed(keys: KeyProvider, object_key: str, sealed: bytes) -> bytes:
         header, key_id, wrapped = _parse_header(sealed)
     except (ValueError, struct.error, IndexError):
         raise IntegrityError(f"{object_key}: not a sealed object") from None
-    data_key = keys.unwrap(key_id, wrapped)
+    try:
+        data_key = keys.unwrap(key_id, wrapped)
+    except IntegrityError as err:
+        raise IntegrityError(f"{object_key}: {err}") from None
     associated = header + object_key.encode("utf-8")
     try:
         compressed = AESGCM(data_key).decrypt(
