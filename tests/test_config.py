@@ -43,3 +43,24 @@ def test_environment_overrides_the_file(tmp_path):
 def test_bad_values_are_named(tmp_path, text, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load(write(tmp_path / "h", text), {})
+
+
+def test_example_config_names_every_setting_with_its_default():
+    import dataclasses
+    import tomllib
+
+    from tests.conftest import REPOSITORY
+    from vault.config import Settings
+
+    document = tomllib.loads((REPOSITORY / "config.example.toml").read_text())
+    defaults = Settings(home=REPOSITORY)
+    for field in dataclasses.fields(Settings):
+        if field.name == "home":
+            continue
+        section = getattr(defaults, field.name)
+        documented = document[field.name]
+        for setting in dataclasses.fields(section):
+            value = getattr(section, setting.name)
+            expected = list(value) if isinstance(value, tuple) else value
+            assert documented[setting.name] == expected, f"{field.name}.{setting.name}"
+        assert set(documented) == {s.name for s in dataclasses.fields(section)}
