@@ -1,0 +1,91 @@
+# The follower turns receipts into one document per message, owned by the
+# union of its deliveries, and never indexes a message twice.
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from indexer.catalogue import Catalogue
+from indexer.follow import Follower
+from tests.conftest import CASES
+from vault.ingest import Vault
+from vault.keys import LocalKeyFile
+from vault.ownership import Envelope, OwnershipRules
+from vault.store import LocalWormStore
+
+BOB = frozenset({"bob@example.com"})
+
+
+@pytest.fixture
+def vault(tmp_path):
+    return Vault(LocalWormStore(tmp_path / "store"), LocalKeyFile.create(tmp_path / "k.json"),
+                 OwnershipRules(domains=("example.com",)))
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    return Catalogue(tmp_path / "catalogue")
+
+
+@pytest.fixture
+def follower(vault, catalogue, tmp_path):
+    return Follower(vault, catalogue, tmp_path / "cursor")
+
+
+def deliver(vault, name, *rcpts, sender="alice@example.com"):
+    return vault.archive((CASES / name).read_bytes(), Envelope(sender, rcpts))
+
+
+def test_b09_broken_parameter_is_archived_searchable_and_recorded(vault, catalogue, follower):
+    receipt = deliver(vault, "B09.eml", "bob@example.com")
+    follower.catch_up()
+
+    results = catalogue.search("PELICAN-B09", owners=BOB)
+    assert results.total == 1
+    document = catalogue.document(results.hits[0].id)
+    assert document["attachment"] == "part-2.pdf"
+    assert "content-type parameter name has no value" in document["defects"]
+    assert vault.read_message(receipt.message_key) == (CASES / "B09.eml").read_bytes()
+
+
+def test_b22_dates_are_indexed_in_utc(vault, catalogue, follower):
+    deliver(vault, "B22.eml", "bob@example.com")
+    follower.catch_up()
+    [hit] = catalogue.search("*", owners=BOB).hits
+    assert hit.date == dt.datetime(2025, 1, 7, 7, 30)
+    assert catalogue.search("date:20250107", owners=BOB).total == 1
+    assert catalogue.search("date:20250106", owners=BOB).total == 0
+
+
+def test_second_delivery_adds_owners_to_the_one_document(vault, catalogue, follower):
+    first = deliver(vault, "B16.eml", "bob@example.com")
+    follower.catch_up()
+    second = deliver(vault, "B16.eml", "carol@example.com")
+    follower.catch_up()
+
+    assert first.message_key == second.message_key
+    assert catalogue.count() == 1
+    [hit] = catalogue.search("AVOCET", owners=frozenset({"carol@example.com"})).hits
+    assert catalogue.document(hit.id)["owners"] == "alice@example.com,bob@example.com,carol@example.com"
+    assert catalogue.search("AVOCET", owners=BOB).total == 1
+
+
+def test_reindexing_from_an_old_cursor_duplicates_nothing(vault, catalogue, follower):
+    for name in ("B16.eml", "B09.eml", "B22.eml"):
+        deliver(vault, name, "bob@example.com")
+    assert follower.catch_up() == 3
+    follower.cursor_path.unlink()
+    assert follower.catch_up() == 3
+    assert catalogue.count() == 3
+    assert len(catalogue.document(catalogue.search("AVOCET", owners=BOB).hits[0].id)["receipts"]) == 1
+
+
+def test_owner_filter_applies_to_every_query(vault, catalogue, follower):
+    deliver(vault, "B16.eml", "bob@example.com")
+    follower.catch_up()
+    nobody = frozenset({"mallory@example.com"})
+    for query in ("*", "AVOCET", "owners:bob@example.com", "from:prizes", "NOT zzz"):
+        assert catalogue.search(query, owners=nobody).total == 0, query
+    assert catalogue.search("*", owners=frozenset()).total == 0
