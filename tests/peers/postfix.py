@@ -6,16 +6,23 @@ copy of every message (``always_bcc``) to a journal address that its
 transport table routes to Strongroom's SMTP receiver.
 
 The instance is Postfix's own second-instance mechanism, ``postfix -c DIR``:
-its main.cf, master.cf, queue and data directories live under a directory
-the test owns, it listens only on loopback, and nothing under /etc/postfix is
-read for settings or written. Postfix's master daemon must start as root.
+its configuration, queue and log live under a directory the test owns, it
+listens only on loopback, and /etc/postfix/main.cf is neither read nor
+written. Postfix's master daemon must start as root; because every Postfix
+command here runs as root, the directory need not be listed in the default
+instance's ``alternate_config_directories`` (only set-gid commands run by
+other users check that list).
 
 Layout under ``root``::
 
     etc/main.cf, etc/master.cf   the instance's configuration
     spool/                       queue_directory (created by Postfix)
-    data/                        data_directory
     maillog                      every daemon's log lines (maillog_file)
+
+The data_directory is a fresh directory in the system's temporary
+directory instead, removed by stop(): the master opens its lock file there
+as the unprivileged ``postfix`` user, who cannot search pytest's private
+(mode 0700) temporary directories.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 from tests.conftest import require
 from tests.harness import free_port
@@ -150,24 +158,26 @@ class JournalingPostfix:
     def __init__(self, root: Path, archive_port: int, *,
                  journal_address: str = JOURNAL_ADDRESS,
                  local_domain: str = LOCAL_DOMAIN) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self.archive_port = archive_port
         self.journal_address = journal_address
         self.local_domain = local_domain
         self.smtpd_port = free_port()
         self.config_directory = self.root / "etc"
         self.queue_directory = self.root / "spool"
-        self.data_directory = Path(tempfile.mkdtemp(prefix="strongroom-postfix-data-"))
+        self.data_directory: Path | None = None
         self.maillog = self.root / "maillog"
         self.started = False
 
     def configure(self) -> None:
         """Write main.cf and master.cf and create the instance's directories."""
-        for directory in (self.config_directory, self.queue_directory,
-                          self.data_directory):
-            directory.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.data_directory, user="postfix")
-        self.data_directory.chmod(0o700)
+        self.config_directory.mkdir(parents=True, exist_ok=True)
+        self.queue_directory.mkdir(parents=True, exist_ok=True)
+        if self.data_directory is None:
+            self.data_directory = Path(
+                tempfile.mkdtemp(prefix="strongroom-postfix-data-")
+            )
+            shutil.chown(self.data_directory, user="postfix")
 
         journal_domain = self.journal_address.rpartition("@")[2]
         (self.config_directory / "main.cf").write_text(MAIN_CF.format(
@@ -190,8 +200,8 @@ class JournalingPostfix:
         ``postfix start`` creates the queue directories (post-install
         create-missing) and waits until the master daemon has initialised.
         """
-        self.configure()
         self.started = True
+        self.configure()
         self.run("postfix", "start")
 
         deadline = time.monotonic() + START_TIMEOUT
@@ -226,6 +236,7 @@ class JournalingPostfix:
                 [self.command("postfix"), "-c", str(self.config_directory),
                  "stop"],
                 capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                check=False,
             )
             report = stopped.stdout + stopped.stderr
         except subprocess.TimeoutExpired:
@@ -238,7 +249,9 @@ class JournalingPostfix:
                 # The master is a session leader (setsid): its pid names
                 # the process group of this instance's daemons only.
                 os.killpg(master_pid, signal.SIGKILL)
-            shutil.rmtree(self.data_directory, ignore_errors=True)
+            if self.data_directory is not None:
+                shutil.rmtree(self.data_directory, ignore_errors=True)
+                self.data_directory = None
         if lingering:
             raise PostfixError(
                 f"master {master_pid} outlived postfix stop and was killed:"
@@ -318,6 +331,7 @@ class JournalingPostfix:
         completed = subprocess.run(
             [self.command(command), "-c", str(self.config_directory), *args],
             capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+            check=False,
         )
         if completed.returncode != 0:
             raise PostfixError(
@@ -348,7 +362,7 @@ class JournalingPostfix:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> JournalingPostfix:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
