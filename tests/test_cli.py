@@ -1,0 +1,75 @@
+# The command line an administrator uses: init, user add, token create,
+# serve and its clean shutdown.
+
+from __future__ import annotations
+
+import io
+import stat
+
+import pytest
+
+from tests.harness import ArchiveServer
+from web.cli import main as strongroom
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
+    home = tmp_path / "home"
+    assert strongroom(["init", "--home", str(home), "--domain", "Example.com",
+                       "--domain", "example.org"]) == 0
+    return home
+
+
+def test_init_creates_a_private_home(home):
+    assert 'domains = ["example.com", "example.org"]' in (home / "config.toml").read_text()
+    for private in ("keys/kek.json", "keys/portal-secret", "control.sqlite3"):
+        mode = stat.S_IMODE((home / private).stat().st_mode)
+        assert mode & 0o077 == 0, f"{private} is {oct(mode)}"
+
+
+def test_init_refuses_an_existing_home(home, capsys):
+    before = (home / "keys/kek.json").read_bytes()
+    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 2
+    assert "not overwriting" in capsys.readouterr().err
+    assert (home / "keys/kek.json").read_bytes() == before
+
+
+def test_init_prints_a_generated_admin_password_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("STRONGROOM_ADMIN_PASSWORD", raising=False)
+    assert strongroom(["init", "--home", str(tmp_path / "h"), "--domain", "example.com"]) == 0
+    output = capsys.readouterr().out
+    assert "Administrator: admin@example.com" in output
+    assert len(output.split("Password (shown once): ")[1].strip()) >= 20
+
+
+def test_accounts_only_for_the_archive_domains(home, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("long enough password\n"))
+    assert strongroom(["user", "add", "eve@elsewhere.net", "--home", str(home),
+                       "--password-stdin"]) == 2
+    assert "not in the archive's domains" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("long enough password\n"))
+    assert strongroom(["user", "add", "bob@example.com", "--home", str(home),
+                       "--alias", "sales@elsewhere.net", "--password-stdin"]) == 2
+
+
+def test_short_password_is_refused(home, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert strongroom(["user", "add", "bob@example.org", "--home", str(home),
+                       "--password-stdin"]) == 2
+    assert "at least 12 characters" in capsys.readouterr().err
+
+
+def test_token_for_unknown_account_is_refused(home, capsys):
+    assert strongroom(["token", "create", "nobody@example.com", "--home", str(home)]) == 2
+    assert "no account" in capsys.readouterr().err
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    server = ArchiveServer(tmp_path / "home")
+    server.init()
+    server.start()
+    assert server.stop() == 0
+    log = server.log_path.read_text()
+    assert "Traceback" not in log
+    assert "stopped" in log
