@@ -12,6 +12,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from vault import ConfigError
@@ -91,7 +92,7 @@ class Settings:
         )
 
 
-def load(home: Path, environ: dict[str, str] | None = None) -> Settings:
+def load(home: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read ``home/config.toml`` and the environment into validated Settings.
 
     Raises ConfigError naming the setting and the value it cannot use.
@@ -105,13 +106,13 @@ def load(home: Path, environ: dict[str, str] | None = None) -> Settings:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{config_file}: {err}") from None
 
-    environ = os.environ if environ is None else environ
+    environment: Mapping[str, str] = os.environ if environ is None else environ
     sections = {}
     for field in dataclasses.fields(Settings):
         if field.name == "home":
             continue
         sections[field.name] = _load_section(
-            field.name, field.default, document.get(field.name, {}), environ
+            field.name, field.default, document.get(field.name, {}), environment
         )
     unknown = set(document) - set(sections)
     if unknown:
@@ -121,7 +122,9 @@ def load(home: Path, environ: dict[str, str] | None = None) -> Settings:
     return settings
 
 
-def _load_section(name: str, default: Any, table: dict, environ) -> Any:
+def _load_section(
+    name: str, default: Any, table: dict[str, Any], environ: Mapping[str, str]
+) -> Any:
     values = {}
     known = {field.name: field for field in dataclasses.fields(default)}
     unknown = set(table) - set(known)

@@ -80,10 +80,12 @@ class ControlDB:
                  json.dumps(detail, sort_keys=True)),
             )
 
-    def audit_events(self, actor: str | None = None, limit: int = 100) -> list[dict]:
+    def audit_events(
+        self, actor: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Return the latest audit events, newest first."""
         query = "SELECT * FROM audit"
-        parameters: tuple = ()
+        parameters: tuple[str, ...] = ()
         if actor is not None:
             query += " WHERE actor = ?"
             parameters = (actor,)

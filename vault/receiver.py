@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, Session
 
@@ -65,7 +66,10 @@ class JournalHandler:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted)
 
-    async def handle_MAIL(self, server, session: Session, envelope, address, options):
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope,
+        address: str, options: list[str],
+    ) -> str:
         if not self.is_trusted(session.peer):
             log.warning("%s: refused untrusted peer", _peer_host(session.peer),
                         extra={"event": "receiver.untrusted"})
@@ -74,14 +78,19 @@ class JournalHandler:
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server, session, envelope, address, options):
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope,
+        address: str, options: list[str],
+    ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return ERR_452_RECIPIENTS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server, session: Session, envelope: SMTPEnvelope):
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope
+    ) -> str:
         peer = _peer_host(session.peer)
         if not self.is_trusted(session.peer):
             return ERR_550_UNTRUSTED.format(peer=peer)
@@ -110,7 +119,9 @@ class ArchiveSMTP(SMTP):
     often, and refusing it would lose journal copies.
     """
 
-    def __init__(self, handler, *, max_message_size: int, **kwargs) -> None:
+    def __init__(
+        self, handler: JournalHandler, *, max_message_size: int, **kwargs: Any
+    ) -> None:
         self.line_length_limit = max_message_size
         super().__init__(
             handler,
