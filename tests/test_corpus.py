@@ -33,6 +33,7 @@ SMTP_CONNECTIONS = 4
 HTTP_CONNECTIONS = 4
 PER_PAGE = 200  # the API's largest page
 INDEX_TIMEOUT = 240.0
+INDEX_STALL = 60.0
 SHOWN_PER_PROBLEM = 40
 
 # A search word: four or more letters or digits, not glued by a dot,
@@ -70,9 +71,9 @@ def test_every_corpus_message_is_kept_byte_for_byte_and_found(
     indexed = wait_for_index(archive_server, token, len(expected))
     figures["index catch-up"] = time.monotonic() - started
     if indexed < len(expected):
-        problems["not listed by the envelope sender"].append(
+        problems["index incomplete"].append(
             f"{ENVELOPE_QUERY!r} lists {indexed} of {len(expected)} distinct "
-            f"messages after {INDEX_TIMEOUT:.0f} s")
+            f"messages after {figures['index catch-up']:.0f} s")
 
     started = time.monotonic()
     stored = download_listed(archive_server, token, problems)
@@ -124,11 +125,18 @@ def group_by_sha256(sent: dict[str, bytes]) -> dict[str, list[str]]:
 
 
 def wait_for_index(server, token: str, count: int) -> int:
-    """Poll the envelope search until it counts ``count`` messages."""
+    """Poll the envelope search until it counts ``count`` messages.
+
+    Gives up after INDEX_TIMEOUT, or after INDEX_STALL without progress.
+    """
     deadline = time.monotonic() + INDEX_TIMEOUT
+    last_total, last_progress = -1, time.monotonic()
     while True:
         total = server.search(token, ENVELOPE_QUERY, per_page="1")["total"]
-        if total >= count or time.monotonic() > deadline:
+        now = time.monotonic()
+        if total != last_total:
+            last_total, last_progress = total, now
+        if total >= count or now > deadline or now - last_progress > INDEX_STALL:
             return total
         time.sleep(0.5)
 
@@ -178,27 +186,40 @@ def compare_bytes(expected: dict[str, list[str]],
                   sent: dict[str, bytes], problems: dict[str, list[str]]) -> None:
     """Match downloaded bytes to sent wire forms, explaining mismatches."""
     variants = wire_variants(sent)
-    for digest, names in expected.items():
-        if digest not in stored:
-            problems["not given back byte for byte"].append(
-                f"{', '.join(names)}: no stored message has its "
-                f"{len(sent[names[0]])} wire bytes")
+    altered = {}
     for digest, message in stored.items():
-        if digest not in expected:
+        if digest in expected:
+            continue
+        if digest in variants:
+            name, change = variants[digest]
+            altered[name] = f"id {message.id} is its wire form {change}"
+        else:
             problems["stored bytes match no sent message"].append(
-                f"id {message.id} ({message.size} bytes): "
-                f"{variants.get(digest, 'unknown content')}")
+                f"id {message.id} ({message.size} bytes)")
+    for digest, names in expected.items():
+        if digest in stored:
+            continue
+        changes = [altered[name] for name in names if name in altered]
+        if changes:
+            problems["not given back byte for byte"].append(
+                f"{', '.join(names)}: {changes[0]}")
+        else:
+            problems["not listed by the envelope sender"].append(
+                f"{', '.join(names)} ({len(sent[names[0]])} wire bytes)")
 
 
-def wire_variants(sent: dict[str, bytes]) -> dict[str, str]:
-    """Map the SHA-256 of likely corruptions of each wire form to a diagnosis."""
+def wire_variants(sent: dict[str, bytes]) -> dict[str, tuple[str, str]]:
+    """Map the SHA-256 of likely corruptions of a wire form to (name, change)."""
     variants = {}
     for name, wire in sent.items():
-        variants[sha256(wire[:-2])] = f"{name} without its final CRLF"
-        variants[sha256(wire.replace(b"\r\n", b"\n"))] = f"{name} with LF endings"
-        variants[sha256(wire + b"\r\n")] = f"{name} with an extra CRLF"
-        variants[sha256(wire.replace(b"\r\n.", b"\r\n.."))] = (
-            f"{name} still dot-stuffed")
+        changes = {
+            "without its final CRLF": wire[:-2],
+            "with LF line endings": wire.replace(b"\r\n", b"\n"),
+            "with an extra CRLF": wire + b"\r\n",
+            "still dot-stuffed": wire.replace(b"\r\n.", b"\r\n.."),
+        }
+        for change, variant in changes.items():
+            variants[sha256(variant)] = (name, change)
     return variants
 
 
