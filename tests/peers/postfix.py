@@ -170,9 +170,15 @@ class JournalingPostfix:
         self.started = False
 
     def configure(self) -> None:
-        """Write main.cf and master.cf and create the instance's directories."""
-        self.config_directory.mkdir(parents=True, exist_ok=True)
-        self.queue_directory.mkdir(parents=True, exist_ok=True)
+        """Write main.cf and master.cf and create the instance's directories.
+
+        Modes are set explicitly, whatever the process umask: daemons that
+        have dropped to the ``postfix`` user open queue subdirectories
+        relative to the queue directory, so it must be searchable (0755).
+        """
+        for directory in (self.config_directory, self.queue_directory):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
         if self.data_directory is None:
             self.data_directory = Path(
                 tempfile.mkdtemp(prefix="strongroom-postfix-data-")
@@ -193,6 +199,8 @@ class JournalingPostfix:
         (self.config_directory / "master.cf").write_text(
             MASTER_CF.format(smtpd_port=self.smtpd_port)
         )
+        for name in ("main.cf", "master.cf"):
+            (self.config_directory / name).chmod(0o644)
 
     def start(self) -> None:
         """Configure and start the instance; return once smtpd answers.
