@@ -8,6 +8,7 @@ and extraction as a whole never raises for bad mail.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 import datetime as dt
 import html
 import logging
@@ -15,10 +16,12 @@ import mimetypes
 from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser
-from email.utils import getaddresses, parsedate_to_datetime
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import parsedate_to_datetime
 
 import nh3
+
+from vault.ownership import parse_addresses
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +48,67 @@ def extract(raw: bytes) -> Extract:
     """Read ``raw`` as far as it can be read; never raises for bad mail."""
     result = Extract()
     try:
+        return _extract(raw, result)
+    except Exception as err:
+        # Whatever was read before the failure is kept; the rest of the
+        # message is indexed as raw text so its words are still found.
+        log.warning("extraction stopped early: %r", err,
+                    extra={"event": "extract.failed"})
+        result.defects.append(f"extraction stopped early: {type(err).__name__}")
+        if not result.body:
+            result.body = raw.decode("utf-8", "replace")[:MAX_TEXT_CHARS]
+        return result
+
+
+def _extract(raw: bytes, result: Extract) -> Extract:
+    try:
         message = BytesParser(policy=policy.compat32).parsebytes(raw)
-    except Exception as err:  # the parser is lenient, but be certain
-        result.defects.append(f"unparsable message: {err}")
+    except RecursionError:
+        # The feed parser descends once per nested multipart; mail nested
+        # deeper than the stack is read for its headers and raw text.
+        result.defects.append("MIME nesting too deep; body indexed as raw text")
+        _read_headers(BytesHeaderParser(policy=policy.compat32).parsebytes(raw), result)
         result.body = raw.decode("utf-8", "replace")[:MAX_TEXT_CHARS]
         return result
+    _read_headers(message, result)
+    result.defects.extend(type(defect).__name__ for defect in message.defects)
+
+    texts: list[str] = []
+    for index, part in enumerate(leaf_parts(message)):
+        if index >= MAX_PARTS:
+            result.defects.append(f"more than {MAX_PARTS} parts; rest not indexed")
+            break
+        try:
+            _read_part(part, index, texts, result)
+        except Exception as err:
+            result.defects.append(f"part {index} unreadable: {type(err).__name__}")
+    result.body = "\n".join(texts)[:MAX_TEXT_CHARS]
+    return result
+
+
+def _read_headers(message: Message, result: Extract) -> None:
     result.subject = header_text(message, "subject")
     result.sender = address_text(message, "from")
     result.to = address_text(message, "to")
     result.cc = address_text(message, "cc")
     result.message_id = header_text(message, "message-id").strip()
     result.date = header_date(message, result.defects)
-    result.defects.extend(type(defect).__name__ for defect in message.defects)
 
-    texts: list[str] = []
-    for index, part in enumerate(message.walk()):
-        if index >= MAX_PARTS:
-            result.defects.append(f"more than {MAX_PARTS} parts; rest not indexed")
-            break
+
+def leaf_parts(message: Message) -> Iterator[Message]:
+    """Yield the non-multipart parts depth first, without recursion.
+
+    ``Message.walk`` recurses once per level, and hostile mail nests
+    deeper than Python's stack allows.
+    """
+    pending = [message]
+    while pending:
+        part = pending.pop()
         if part.is_multipart():
-            continue
-        _read_part(part, index, texts, result)
-    result.body = "\n".join(texts)[:MAX_TEXT_CHARS]
-    return result
+            children = part.get_payload()
+            pending.extend(reversed([c for c in children if isinstance(c, Message)]))
+        else:
+            yield part
 
 
 def _read_part(part: Message, index: int, texts: list[str], result: Extract) -> None:
@@ -121,7 +162,7 @@ def decode_text(raw: bytes, charset: str | None) -> str:
 def address_text(message: Message, name: str) -> str:
     """Return a header's addresses as "Name <address>" text, decoded."""
     decoded = header_text(message, name)
-    pairs = getaddresses([decoded])
+    pairs = parse_addresses([decoded])
     return ", ".join(
         f"{display} <{address}>" if display else address
         for display, address in pairs if address or display
@@ -148,9 +189,12 @@ def header_date(message: Message, defects: list[str]) -> dt.datetime | None:
 
 
 def fallback_filename(part: Message, index: int) -> str:
-    """Name an attachment that carries no usable name of its own."""
+    """Name an attachment that carries no usable name of its own.
+
+    ``index`` counts leaf parts from 0; the name counts them from 1.
+    """
     extension = mimetypes.guess_extension(part.get_content_type()) or ".bin"
-    return f"part-{index}{extension}"
+    return f"part-{index + 1}{extension}"
 
 
 def part_filename(part: Message, defects: list[str]) -> str:

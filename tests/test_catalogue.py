@@ -89,3 +89,19 @@ def test_owner_filter_applies_to_every_query(vault, catalogue, follower):
     for query in ("*", "AVOCET", "owners:bob@example.com", "from:prizes", "NOT zzz"):
         assert catalogue.search(query, owners=nobody).total == 0, query
     assert catalogue.search("*", owners=frozenset()).total == 0
+
+
+def test_hostile_structure_is_indexed_not_fatal(vault, catalogue, follower):
+    # Thousands of encoded words in To and multipart nesting deeper than
+    # Python's stack: both once stopped extraction with RecursionError.
+    junk = "\r\n\t=?utf-8?Q?date=3E2017-08-20T10:08:28.617=3C/pr?=" * 3000
+    nested = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'
+                     for i in range(3000))
+    raw = (f"From: alice@example.com\r\nTo: bob@example.com,{junk}\r\n"
+           f"Subject: GANNET deep\r\nMIME-Version: 1.0\r\n{nested}"
+           "Content-Type: text/plain\r\n\r\nGANNET body\r\n").encode()
+    vault.archive(raw, Envelope("alice@example.com", ("bob@example.com",)))
+    deliver(vault, "B16.eml", "bob@example.com")
+    assert follower.catch_up() == 2
+    assert catalogue.search("subject:GANNET", owners=BOB).total == 1
+    assert catalogue.search("AVOCET", owners=BOB).total == 1

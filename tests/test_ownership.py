@@ -43,3 +43,14 @@ def test_lookalike_domains_are_not_local():
     assert not RULES.is_local("mallory@example.com.evil.net")
     assert not RULES.is_local("mallory@notexample.com")
     assert not RULES.is_local("example.com")
+
+
+def test_header_that_exhausts_the_address_parser_still_yields_owners():
+    # Modelled on a real message whose To field carries thousands of
+    # encoded words: email.utils.getaddresses recursed until RecursionError,
+    # which made the delivery fail with 451 for ever.
+    junk = "\r\n\t=?utf-8?Q?date=3E2017-08-20T10:08:28.617=3C/pr?=" * 3000
+    raw = (f'From: "Test" <alice@example.com>\r\nTo: "Test" <bob@example.com>,{junk}\r\n'
+           "Subject: deep\r\n\r\nbody\r\n").encode()
+    envelope = Envelope("x@elsewhere.net", ("journal@archive.test",))
+    assert RULES.owners(raw, envelope) == ("alice@example.com", "bob@example.com")

@@ -10,6 +10,7 @@ the organisation's domains"; addresses are compared lower-cased.
 from __future__ import annotations
 
 import dataclasses
+import re
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -83,4 +84,21 @@ def header_addresses(raw: bytes) -> list[str]:
     for name in OWNER_HEADERS:
         for value in headers.get_all(name, []):
             values.append(str(value))
-    return [address for _, address in getaddresses(values) if "@" in address]
+    return [address for _, address in parse_addresses(values) if "@" in address]
+
+
+_BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+")
+
+
+def parse_addresses(values: list[str]) -> list[tuple[str, str]]:
+    """Return (display name, address) pairs from address header values.
+
+    ``email.utils.getaddresses`` recurses once per malformed token and
+    exhausts the stack on hostile headers (thousands of encoded words in
+    one To field); such a header then falls back to picking out anything
+    shaped like an address, so its owners are still found.
+    """
+    try:
+        return getaddresses(values)
+    except (RecursionError, ValueError, IndexError):
+        return [("", match) for value in values for match in _BARE_ADDRESS.findall(value)]
