@@ -10,10 +10,13 @@ the organisation's domains"; addresses are compared lower-cased.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
+
+log = logging.getLogger(__name__)
 
 OWNER_HEADERS = ("from", "to", "cc", "bcc", "delivered-to")
 
@@ -59,7 +62,13 @@ class OwnershipRules:
         journaled = any(self.is_journal(rcpt) for rcpt in envelope.rcpt_tos)
         candidates = [envelope.mail_from, *envelope.rcpt_tos]
         if journaled:
-            candidates += header_addresses(raw)
+            try:
+                candidates += header_addresses(raw)
+            except Exception:
+                # Refusing the message would lose it; the envelope owners
+                # still get it, and the log says whose headers were lost.
+                log.exception("owner headers unreadable; envelope owners only",
+                              extra={"event": "ownership.headers_unreadable"})
         return tuple(sorted({
             normalise(address)
             for address in candidates
