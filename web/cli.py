@@ -36,18 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = _parser()
     arguments = parser.parse_args(argv)
-    # Keys, mail and password hashes live under the home: private by default.
-    os.umask(0o077)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Keys, mail and password hashes live under the home: private by default.
+    previous_umask = os.umask(0o077)
     try:
         return arguments.command(arguments) or 0
     except (ConfigError, AccountError, VaultError) as err:
         print(f"strongroom: {err}", file=sys.stderr)
         return 2
+    finally:
+        os.umask(previous_umask)
 
 
 def init(arguments: argparse.Namespace) -> int:
