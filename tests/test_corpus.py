@@ -38,8 +38,15 @@ SHOWN_PER_PROBLEM = 40
 
 # A search word: four or more letters or digits, not glued by a dot,
 # apostrophe, "@" or "/" to more word characters, which tokenizers keep as
-# one token ("v4.0", "user@host") or split unpredictably ("don't").
-SUBJECT_WORD = re.compile(r"(?<![\w.'’@/])[^\W_]{4,}(?![\w.'’@/])")
+# one token ("v4.0", "user@host") or split unpredictably ("don't"), nor by
+# a replacement character or escaped byte to a neighbour: raw 8-bit header
+# bytes that Python could not decode may well be decoded by the archive.
+SUBJECT_WORD = re.compile(
+    r"(?<![\w.'’@/\ufffd\udc80-\udcff])[^\W_]{4,}"
+    r"(?![\w.'’@/\ufffd\udc80-\udcff])")
+# An RFC 2047 encoded word that Python left undecoded (bad charset or
+# encoding); the archive may decode it, so no word is taken from it.
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 # Search engines drop common function words from queries and documents.
 FUNCTION_WORDS = frozenset(
     "about been from have into that their them then there they this when "
@@ -229,28 +236,29 @@ def check_subject_search(server, token: str, sent: dict[str, bytes],
                          problems: dict[str, list[str]]) -> list[str]:
     """Search each stored message by a word of its Subject.
 
-    Returns the names of messages whose Subject Python cannot read.
+    Messages that share the chosen word share one search. Returns the names
+    of messages whose Subject Python cannot read.
     """
     subjects, unparseable = read_subjects(sent, expected)
     frequency = Counter(
-        word.casefold() for subject in subjects.values()
-        for word in set(SUBJECT_WORD.findall(subject)))
-    queries = []
+        word.lower() for subject in subjects.values()
+        for word in set(SUBJECT_WORD.findall(ENCODED_WORD.sub(" ", subject))))
+    digests_by_word: dict[str, list[str]] = defaultdict(list)
     for digest, subject in subjects.items():
         word = pick_word(subject, frequency)
         if word is not None and digest in stored:
-            queries.append((digest, word))
+            digests_by_word[word.lower()].append(digest)
 
-    def is_found(query: tuple[str, str]) -> tuple[str, str, bool]:
-        digest, word = query
+    def search(word: str) -> tuple[str, set[str]]:
         hits = search_all(server, token, f"subject:{word}")
-        return digest, word, stored[digest].id in {hit["id"] for hit in hits}
+        return word, {hit["id"] for hit in hits}
 
-    for digest, word, found in parallel(is_found, queries):
-        if not found:
-            problems["not found by a Subject word"].append(
-                f"{', '.join(expected[digest])}: subject:{word} misses id "
-                f"{stored[digest].id} (Subject {subjects[digest]!r})")
+    for word, found in parallel(search, list(digests_by_word)):
+        for digest in digests_by_word[word]:
+            if stored[digest].id not in found:
+                problems["not found by a Subject word"].append(
+                    f"{', '.join(expected[digest])}: subject:{word} misses id "
+                    f"{stored[digest].id} (Subject {subjects[digest]!r})")
     return unparseable
 
 
@@ -290,12 +298,12 @@ def pick_word(subject: str, frequency: Counter) -> str | None:
 
     ASCII words first (every decoder agrees on them), then the rarest.
     """
-    words = [word for word in SUBJECT_WORD.findall(subject)
-             if word.casefold() not in FUNCTION_WORDS]
+    words = [word for word in SUBJECT_WORD.findall(ENCODED_WORD.sub(" ", subject))
+             if word.lower() not in FUNCTION_WORDS]
     if not words:
         return None
     return min(words, key=lambda word: (
-        not word.isascii(), frequency[word.casefold()]))
+        not word.isascii(), frequency[word.lower()]))
 
 
 def parallel(work: Callable, items: Iterable) -> Iterable:
