@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 import datetime as dt
+import codecs
 import html
 import logging
 import mimetypes
+import re
 from email import policy
-from email.header import decode_header, make_header
+from email.header import Header, decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
@@ -125,38 +127,82 @@ def _read_part(part: Message, index: int, texts: list[str], result: Extract) -> 
 
 
 def header_text(message: Message, name: str) -> str:
-    """Return a header's value with RFC 2047 words and raw 8-bit decoded."""
+    """Return a header's value unfolded, with RFC 2047 words and 8-bit decoded."""
     value = message.get(name)
     if value is None:
         return ""
     try:
-        chunks = decode_header(value)
-        readable = [
-            (decode_text(chunk, charset), "utf-8") if isinstance(chunk, bytes)
-            else (chunk, charset)
-            for chunk, charset in chunks
-        ]
-        return str(make_header(readable))
+        if isinstance(value, Header):
+            # compat32 wraps raw 8-bit header bytes as an unknown-8bit
+            # Header; read those bytes first, then any encoded words in them
+            # (real mail puts raw Latin-1 inside encoded words, too).
+            value = "".join(
+                decode_text(chunk, None) if isinstance(chunk, bytes) else chunk
+                for chunk, _ in decode_header(value)
+            )
+        return decode_words(_FOLD.sub("", str(value)))
     except Exception:
         return str(value)
 
 
-def decode_text(raw: bytes, charset: str | None) -> str:
-    """Decode bytes by their declared charset, else UTF-8, else Windows-1252.
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 
-    Raw 8-bit header bytes (labelled ``unknown-8bit`` by the parser) are
-    UTF-8 in modern mail (RFC 6532) and mostly Latin-1 or Windows-1252 in
-    older mail.
+
+def decode_words(text: str) -> str:
+    """Decode the RFC 2047 encoded words in ``text``.
+
+    ``decode_header`` already drops the white space between adjacent
+    encoded words (RFC 2047 section 6.2) and keeps it elsewhere, so the
+    chunks are joined as they come; ``make_header`` would add spaces.
     """
-    if charset and charset != "unknown-8bit":
+    pieces = []
+    for chunk, charset in decode_header(text):
+        if isinstance(chunk, str):
+            pieces.append(chunk)
+        elif charset is None:
+            pieces.append(chunk.decode("raw-unicode-escape"))
+        else:
+            pieces.append(decode_text(chunk, charset))
+    return "".join(pieces)
+
+
+def _codec_name(label: str) -> str:
+    return codecs.lookup(label).name
+
+
+# Mail labels text with a charset that its sender's software treated as a
+# superset; decoding by the superset reads what the sender meant (the same
+# mapping browsers apply, WHATWG Encoding Standard).
+_SUPERSETS = {
+    _codec_name(label): superset
+    for label, superset in {
+        "gb2312": "gb18030", "gbk": "gb18030", "iso-8859-1": "windows-1252",
+        "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "shift_jis": "cp932",
+        "tis-620": "cp874", "iso-8859-9": "cp1254", "iso-8859-11": "cp874",
+    }.items()
+}
+
+
+def decode_text(raw: bytes, charset: str | None) -> str:
+    """Decode bytes by their declared charset, tolerating lies and gaps.
+
+    An undeclared or unknown charset means UTF-8, else Windows-1252: raw
+    8-bit headers are UTF-8 in modern mail (RFC 6532) and mostly Latin-1
+    in older mail.  A declared charset that fails on a few bytes still
+    decodes the rest by that charset, with the bad bytes replaced.
+    """
+    codec = None
+    if charset and charset.lower() != "unknown-8bit":
         try:
-            return raw.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            pass
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("windows-1252", "replace")
+            codec = _SUPERSETS.get(_codec_name(charset), _codec_name(charset))
+        except LookupError:
+            codec = None
+    for candidate in filter(None, (codec, "utf-8")):
+        try:
+            return raw.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode(codec or "windows-1252", "replace")
 
 
 def address_text(message: Message, name: str) -> str:
@@ -215,7 +261,7 @@ def part_filename(part: Message, defects: list[str]) -> str:
     name = str(name)
     if "=?" in name:
         try:
-            name = str(make_header(decode_header(name)))
+            name = decode_words(name)
         except Exception:
             pass
     return name.strip()
@@ -236,14 +282,9 @@ def part_text(part: Message, defects: list[str]) -> str:
     except Exception:
         defects.append("undecodable transfer encoding")
         payload = str(part.get_payload()).encode("utf-8", "replace")
-    charset = part.get_content_charset() or "us-ascii"
-    for candidate in (charset, "utf-8"):
-        try:
-            return payload.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    defects.append(f"text not decodable as {charset}")
-    return payload.decode("windows-1252", "replace")
+    if not isinstance(payload, bytes):
+        payload = str(payload).encode("utf-8", "replace")
+    return decode_text(payload, part.get_content_charset())
 
 
 def html_to_text(markup: str) -> str:

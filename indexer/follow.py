@@ -77,7 +77,13 @@ class Follower:
         try:
             with writer.searcher() as searcher:
                 for key in receipt_keys:
-                    self._add_receipt(key, documents, searcher)
+                    try:
+                        self._add_receipt(key, documents, searcher)
+                    except Exception:
+                        # One message must never hold up the rest; the next
+                        # pass over this receipt (reindex) tries it again.
+                        log.exception("%s: not indexed", key,
+                                      extra={"event": "follower.receipt_failed"})
             for document in documents.values():
                 writer.update_document(**document)
         except BaseException:

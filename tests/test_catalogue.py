@@ -105,3 +105,21 @@ def test_hostile_structure_is_indexed_not_fatal(vault, catalogue, follower):
     assert follower.catch_up() == 2
     assert catalogue.search("subject:GANNET", owners=BOB).total == 1
     assert catalogue.search("AVOCET", owners=BOB).total == 1
+
+
+def test_a_receipt_that_fails_to_index_does_not_hold_up_the_others(vault, catalogue, follower, monkeypatch):
+    import indexer.follow
+
+    deliver(vault, "B09.eml", "bob@example.com")
+    deliver(vault, "B16.eml", "bob@example.com")
+    real_extract = indexer.follow.extract
+
+    def extract_fails_on_b09(raw):
+        if b"PELICAN-B09" in raw:
+            raise RuntimeError("simulated extraction bug")
+        return real_extract(raw)
+
+    monkeypatch.setattr(indexer.follow, "extract", extract_fails_on_b09)
+    assert follower.catch_up() == 2
+    assert catalogue.search("AVOCET", owners=BOB).total == 1
+    assert catalogue.search("PELICAN", owners=BOB).total == 0
