@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
-from indexer.extract import extract
+from indexer.extract import Extract, extract
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
 from vault.receipts import Receipt
@@ -126,7 +126,13 @@ class Follower:
             log.error("%s: message cannot be read; not indexed", receipt.message_key,
                       exc_info=True, extra={"event": "follower.bad_message"})
             return None
-        found = extract(raw)
+        try:
+            found = extract(raw)
+        except Exception as err:
+            # Still findable by its envelope, owners and date.
+            log.exception("%s: extraction failed", receipt.message_key,
+                          extra={"event": "follower.extract_failed"})
+            found = Extract(defects=[f"not extracted: {type(err).__name__}"])
         sender = found.sender or receipt.mail_from
         if receipt.mail_from and receipt.mail_from.lower() not in sender.lower():
             sender = f"{sender} {receipt.mail_from}".strip()
