@@ -115,7 +115,7 @@ def leaf_parts(message: Message) -> Iterator[Message]:
 
 def _read_part(part: Message, index: int, texts: list[str], result: Extract) -> None:
     filename = part_filename(part, result.defects)
-    disposition = (part.get("content-disposition") or "").split(";")[0].strip().lower()
+    disposition = header_text(part, "content-disposition").split(";")[0].strip().lower()
     content_type = part.get_content_type()
     if filename or disposition == "attachment":
         result.attachments.append(filename or fallback_filename(part, index))
@@ -200,9 +200,14 @@ def decode_text(raw: bytes, charset: str | None) -> str:
     for candidate in filter(None, (codec, "utf-8")):
         try:
             return raw.decode(candidate)
-        except UnicodeDecodeError:
+        except (UnicodeError, LookupError):
             continue
-    return raw.decode(codec or "windows-1252", "replace")
+    try:
+        return raw.decode(codec or "windows-1252", "replace")
+    except (UnicodeError, LookupError):
+        # Codecs such as punycode or idna are not text charsets at all
+        # and can fail even with errors="replace".
+        return raw.decode("windows-1252", "replace")
 
 
 def address_text(message: Message, name: str) -> str:
@@ -226,12 +231,12 @@ def header_date(message: Message, defects: list[str]) -> dt.datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return parsed.astimezone(dt.timezone.utc)
+    except (TypeError, ValueError, IndexError, OverflowError):
         defects.append("unparsable Date header")
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
 
 
 def fallback_filename(part: Message, index: int) -> str:
@@ -253,6 +258,8 @@ def part_filename(part: Message, defects: list[str]) -> str:
                 defects.append(f"{header} parameter {key} has no value")
     try:
         name = part.get_filename() or part.get_param("name") or ""
+        if "\ufffd" in str(name):
+            name = _filename_from_8bit_headers(part) or name
     except Exception:
         defects.append("unreadable file name parameter")
         return ""
@@ -265,6 +272,16 @@ def part_filename(part: Message, defects: list[str]) -> str:
         except Exception:
             pass
     return name.strip()
+
+
+def _filename_from_8bit_headers(part: Message) -> str:
+    # Raw 8-bit parameters (common from webmail) reach get_filename already
+    # replaced by U+FFFD; read them from the decoded header text instead.
+    decoded = Message()
+    for header in ("content-disposition", "content-type"):
+        if part.get(header) is not None:
+            decoded[header] = header_text(part, header)
+    return str(decoded.get_filename() or decoded.get_param("name") or "")
 
 
 def _rfc2231_value(value: tuple) -> str:

@@ -9,6 +9,7 @@ to a document that already has it changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -18,50 +19,70 @@ from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
 from indexer.extract import Extract, extract
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
-from vault.receipts import Receipt
+from vault.receipts import Receipt, receipt_time, time_prefix
 
 log = logging.getLogger(__name__)
 
 BATCH_RECEIPTS = 500
+PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
+# How far behind its cursor the follower looks for receipts that became
+# visible late; longer than any store write takes.
+DEFAULT_OVERLAP = dt.timedelta(seconds=30)
 
 
 class Follower:
-    """Index receipts after a durable cursor."""
+    """Index receipts after a durable cursor, looking back over a window.
 
-    def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path) -> None:
+    Receipt keys carry the time they were made, but concurrent deliveries
+    (or several receivers) can make a receipt visible after a later one:
+    the follower therefore lists from ``overlap`` before its cursor each
+    pass and skips receipts it has already indexed.
+    """
+
+    def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path,
+                 overlap: dt.timedelta = DEFAULT_OVERLAP) -> None:
         self.vault = vault
         self.catalogue = catalogue
         self.cursor_path = Path(cursor_path)
+        self.overlap = overlap
         self.wake = threading.Event()
+        self._recent: set[str] = set()
 
     @property
     def cursor(self) -> str:
-        """Return the key of the last receipt indexed and committed."""
+        """Return the key of the latest receipt indexed and committed."""
         try:
             return self.cursor_path.read_text("ascii").strip()
         except FileNotFoundError:
             return ""
 
-    def catch_up(self) -> int:
-        """Index every receipt after the cursor; return how many."""
+    def catch_up(self, stop: threading.Event | None = None) -> int:
+        """Index every receipt not yet indexed; return how many."""
         total = 0
-        while True:
+        while stop is None or not stop.is_set():
+            cursor = self.cursor
+            floor = self._floor(cursor)
+            self._recent = {key for key in self._recent if key > floor}
             batch = []
-            for key in self.vault.receipts_after(self.cursor):
-                batch.append(key)
-                if len(batch) >= BATCH_RECEIPTS:
-                    break
+            for key in self.vault.receipts_after(floor):
+                if key not in self._recent:
+                    batch.append(key)
+                    if len(batch) >= BATCH_RECEIPTS:
+                        break
             if not batch:
-                return total
+                break
             self._index_batch(batch)
-            self._save_cursor(batch[-1])
+            self._recent.update(batch)
+            if batch[-1] > cursor:
+                self._save_cursor(batch[-1])
             total += len(batch)
+        return total
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Catch up until ``stop`` is set, waking early when told of new mail."""
         while not stop.is_set():
             try:
-                count = self.catch_up()
+                count = self.catch_up(stop)
                 if count:
                     log.info("indexed %d receipt(s), cursor %s", count, self.cursor,
                              extra={"event": "follower.batch"})
@@ -70,6 +91,15 @@ class Follower:
                               extra={"event": "follower.error"})
             self.wake.wait(interval)
             self.wake.clear()
+
+    def _floor(self, cursor: str) -> str:
+        if not cursor:
+            return ""
+        try:
+            return time_prefix(receipt_time(cursor) - self.overlap)
+        except ValueError:
+            log.warning("cursor %r is not a receipt key; starting over", cursor)
+            return ""
 
     def _index_batch(self, receipt_keys: list[str]) -> None:
         documents: dict[str, dict] = {}
@@ -147,7 +177,7 @@ class Follower:
             "preview": found.body[:SNIPPET_STORED_CHARS],
             "attachment": " ".join(found.attachments),
             "message_id": found.message_id,
-            "date": utc_naive(found.date or receipt.received_at),
+            "date": utc_naive(plausible_date(found, receipt)),
             "size": receipt.size,
             "receipts": [],
             "defects": found.defects,
@@ -160,3 +190,20 @@ class Follower:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(scratch, self.cursor_path)
+
+
+def plausible_date(found: Extract, receipt: Receipt) -> dt.datetime:
+    """Return the Date header's time, unless it is absent or implausible.
+
+    Results sort by date, so a sender-written date far in the future would
+    pin a message to the top of every list; such a date (more than a day
+    after the archive received it, or before 1970) gives way to the time
+    of receipt, and the document records why.
+    """
+    date = found.date
+    if date is None:
+        return receipt.received_at
+    if date > receipt.received_at + PLAUSIBLE_CLOCK_SKEW or date.year < 1970:
+        found.defects.append(f"implausible Date header {date.isoformat()}")
+        return receipt.received_at
+    return date

@@ -77,7 +77,9 @@ def test_reindexing_from_an_old_cursor_duplicates_nothing(vault, catalogue, foll
         deliver(vault, name, "bob@example.com")
     assert follower.catch_up() == 3
     follower.cursor_path.unlink()
-    assert follower.catch_up() == 3
+    restarted = Follower(vault, catalogue, follower.cursor_path)
+    assert restarted.catch_up() == 3
+    assert restarted.catch_up() == 0
     assert catalogue.count() == 3
     assert len(catalogue.document(catalogue.search("AVOCET", owners=BOB).hits[0].id)["receipts"]) == 1
 
@@ -125,3 +127,20 @@ def test_a_message_that_fails_to_extract_is_indexed_by_its_envelope(vault, catal
     # Its words are lost to the bug, but its envelope still finds it.
     assert catalogue.search("PELICAN", owners=BOB).total == 0
     assert catalogue.search("from:alice@example.com", owners=BOB).total == 2
+
+
+def test_receipt_that_becomes_visible_late_is_still_indexed(vault, catalogue, follower, monkeypatch):
+    # Concurrent deliveries: a receipt keyed a few seconds before the
+    # cursor appears only after the follower has moved past it.
+    from vault import ingest
+    from vault.receipts import receipt_key
+
+    deliver(vault, "B16.eml", "bob@example.com")
+    assert follower.catch_up() == 1
+    late = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    monkeypatch.setattr(ingest, "receipt_key", lambda _: receipt_key(late))
+    deliver(vault, "B09.eml", "bob@example.com")
+
+    assert follower.catch_up() == 1
+    assert catalogue.search("PELICAN-B09", owners=BOB).total == 1
+    assert follower.catch_up() == 0

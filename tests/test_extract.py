@@ -66,3 +66,24 @@ def test_case_files_extract_without_defect_loss(name):
     found = extract((CASES / name).read_bytes())
     assert found.subject.startswith(name[:3])
     assert found.body
+
+
+@pytest.mark.parametrize("raw", [
+    # A raw 8-bit Content-Disposition arrives as a Header object.
+    b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+    b"Content-Disposition: attachment; filename=\"\xd1\x84\xd0\xb0\xd0\xb9\xd0\xbb.txt\"\r\n\r\ntext\r\n",
+    b"Subject: x\r\nDate: Fri, 31 Dec 9999 23:00:00 -0500\r\n\r\ntext\r\n",
+    b"Subject: x\r\nContent-Type: text/plain; charset=punycode\r\n\r\na.b\r\n",
+    b"Subject: x\r\nContent-Type: text/plain; charset=idna\r\n\r\nxn--a-\r\n",
+    b"Subject: x\r\nContent-Type: text/plain; charset=no-such-charset\r\n\r\n\xff\r\n",
+], ids=["8bit-disposition", "year-9999", "punycode", "idna", "unknown-charset"])
+def test_inputs_that_once_raised_are_read(raw):
+    found = extract(raw)
+    assert found.subject == "x"
+    assert not any("stopped early" in defect for defect in found.defects)
+
+
+def test_8bit_attachment_name_is_decoded():
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+           b"Content-Disposition: attachment; filename=\"\xd1\x84\xd0\xb0\xd0\xb9\xd0\xbb.txt\"\r\n\r\nt\r\n")
+    assert extract(raw).attachments == ["файл.txt"]

@@ -60,6 +60,7 @@ class CatalogueSettings:
     engine: str = "whoosh"
     path: str = "catalogue"
     poll_interval: float = 0.5
+    overlap_seconds: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)

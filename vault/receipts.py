@@ -53,5 +53,16 @@ class Receipt:
 
 def receipt_key(received_at: dt.datetime) -> str:
     """Return a new, time-ordered key for a receipt made at ``received_at``."""
-    utc = received_at.astimezone(dt.timezone.utc)
-    return f"{RECEIPTS}/{utc:%Y/%m/%d/%H%M%S.%f}-{secrets.token_hex(6)}"
+    return f"{time_prefix(received_at)}-{secrets.token_hex(6)}"
+
+
+def time_prefix(moment: dt.datetime) -> str:
+    """Return the key prefix that sorts before every receipt made at or after ``moment``."""
+    utc = moment.astimezone(dt.timezone.utc)
+    return f"{RECEIPTS}/{utc:%Y/%m/%d/%H%M%S.%f}"
+
+
+def receipt_time(key: str) -> dt.datetime:
+    """Return the time encoded in a receipt key; raise ValueError if malformed."""
+    stamp = key.removeprefix(RECEIPTS + "/").rpartition("-")[0]
+    return dt.datetime.strptime(stamp, "%Y/%m/%d/%H%M%S.%f").replace(tzinfo=dt.timezone.utc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 
@@ -25,7 +26,8 @@ class Service:
         self.vault = open_vault(settings)
         self.catalogue = Catalogue(settings.path(settings.catalogue.path))
         self.follower = Follower(
-            self.vault, self.catalogue, settings.path(settings.catalogue.path) / "cursor"
+            self.vault, self.catalogue, settings.path(settings.catalogue.path) / "cursor",
+            overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds),
         )
         smtp_host, smtp_port = parse_listen("receiver.listen", settings.receiver.listen)
         handler = JournalHandler(
