@@ -15,8 +15,13 @@ PYTEST_ARGS ?=
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-run: $(VENV)/bin/python
-	$(VENV)/bin/pip install -q -e .
+# Install once per change of pyproject.toml, so a second `make run` starts
+# at once and needs no package index.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
 	if [ ! -e '$(STRONGROOM_HOME)' ]; then \
 	    $(VENV)/bin/strongroom init --home '$(STRONGROOM_HOME)' \
 	        --domain '$(STRONGROOM_DOMAIN)'; \
@@ -25,7 +30,6 @@ run: $(VENV)/bin/python
 
 # pytest's own status fails the target, so "no tests ran" (5) is a failure
 # too; make reports it as "Error 5" and exits 2.
-test: $(VENV)/bin/python
+test: $(VENV)/.installed
 	scripts/install-peers
-	$(VENV)/bin/pip install -q -e '.[test]'
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -18,7 +18,7 @@ from whoosh import highlight, index
 from whoosh.analysis import StandardAnalyzer
 from whoosh.fields import DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT, Schema
 from whoosh.qparser import MultifieldParser
-from whoosh.query import Every, Or, Query, Term
+from whoosh.query import Every, Or, Prefix, Query, Term, Wildcard
 from whoosh.searching import Searcher
 
 from indexer import QueryError
@@ -53,6 +53,27 @@ SCHEMA = Schema(
     receipts=STORED,
     defects=STORED,
 )
+
+
+# What a query may name: the user-facing fields only, never owners, ids or
+# stored-only fields.  An unknown prefix is searched as words.
+QUERY_SCHEMA = Schema(**{name: SCHEMA[name] for name in (*SEARCH_FIELDS, "date")})
+MAX_WILDCARDS = 8
+
+
+def check_cost(query: Query) -> None:
+    """Refuse wildcard patterns that would scan the whole term list.
+
+    A pattern with a leading ``*`` or ``?`` must test every word in the
+    archive; a few dozen of them in one query kept a server busy for
+    minutes.  Trailing wildcards (``invoic*``) stay.
+    """
+    patterns = [leaf for leaf in query.leaves() if isinstance(leaf, (Wildcard, Prefix))]
+    if len({leaf.text for leaf in patterns}) > MAX_WILDCARDS:
+        raise QueryError(f"a query may use at most {MAX_WILDCARDS} wildcard words")
+    for leaf in patterns:
+        if isinstance(leaf, Wildcard) and str(leaf.text)[:1] in ("*", "?"):
+            raise QueryError("a word may not start with * or ?; put the wildcard at the end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +159,13 @@ class Catalogue:
             return Every()
         if len(text) > 2000:
             raise QueryError("the query is longer than 2000 characters")
-        parser = MultifieldParser(list(SEARCH_FIELDS), SCHEMA)
+        parser = MultifieldParser(list(SEARCH_FIELDS), QUERY_SCHEMA)
         try:
-            return parser.parse(text)
-        except Exception as err:
-            raise QueryError(f"cannot read the query: {err}") from None
+            query = parser.parse(text)
+        except Exception:
+            raise QueryError("cannot read the query; check its quotes and brackets") from None
+        check_cost(query)
+        return query
 
 
 class _SentinelFormatter(highlight.Formatter):

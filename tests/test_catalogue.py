@@ -144,3 +144,18 @@ def test_receipt_that_becomes_visible_late_is_still_indexed(vault, catalogue, fo
     assert follower.catch_up() == 1
     assert catalogue.search("PELICAN-B09", owners=BOB).total == 1
     assert follower.catch_up() == 0
+
+
+def test_queries_name_user_fields_only_and_cannot_scan_everything(vault, catalogue, follower):
+    from indexer import QueryError
+
+    deliver(vault, "B16.eml", "bob@example.com")
+    follower.catch_up()
+    assert catalogue.search("AVOC*", owners=BOB).total == 1
+    assert catalogue.search("a* b* c* AVOC*", owners=BOB).total == 0
+    # Internal fields are not addressable: these are just words.
+    assert catalogue.search("owners:bob@example.com", owners=BOB).total == 0
+    assert catalogue.search("preview:AVOCET", owners=BOB).total == 0
+    for query in ("*VOCET", "?VOCET", " OR ".join(f"w{n}*" for n in range(9))):
+        with pytest.raises(QueryError):
+            catalogue.search(query, owners=BOB)

@@ -73,3 +73,30 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     log = server.log_path.read_text()
     assert "Traceback" not in log
     assert "stopped" in log
+
+
+def test_init_with_a_weak_admin_password_leaves_no_home(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "short")
+    home = tmp_path / "home"
+    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 2
+    assert "at least 12 characters" in capsys.readouterr().err
+    assert not home.exists()
+
+
+def test_init_with_an_empty_admin_password_generates_and_prints_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "")
+    assert strongroom(["init", "--home", str(tmp_path / "h"), "--domain", "example.com"]) == 0
+    assert "Password (shown once): " in capsys.readouterr().out
+
+
+def test_init_failing_midway_removes_what_it_made(tmp_path, monkeypatch):
+    import web.cli
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(web.cli.ControlDB, "create", broken)
+    home = tmp_path / "home"
+    with pytest.raises(OSError):
+        strongroom(["init", "--home", str(home), "--domain", "example.com"])
+    assert not home.exists()

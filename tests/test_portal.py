@@ -147,3 +147,36 @@ def test_unreadable_query_gets_a_message_not_a_500(app):
     for query in ('"unbalanced', "from:(", "a" * 3000, "subject:\x00"):
         response = client.get("/search", query_string={"q": query})
         assert response.status_code == 200, query
+
+
+def test_tampered_message_is_refused_clearly_and_audited(app, home):
+    client = app.test_client()
+    sign_in(client)
+    message_id = message_id_for(client, "AVOCET-B16")
+    stored = home / "store/objects/messages" / message_id
+    stored.chmod(0o600)
+    damaged = bytearray(stored.read_bytes())
+    damaged[-20] ^= 0x01
+    stored.write_bytes(bytes(damaged))
+
+    for path in (f"/messages/{message_id}", f"/messages/{message_id}/original.eml"):
+        response = client.get(path)
+        assert response.status_code == 500
+        assert "integrity check" in response.get_data(as_text=True)
+        assert b"AVOCET" not in response.data
+    events = app.extensions["strongroom"].control.audit_events(limit=1)
+    assert events[0]["action"] == "integrity.failure"
+    assert events[0]["target"] == message_id
+
+
+def test_page_numbers_that_are_not_plain_digits(app):
+    client = app.test_client()
+    sign_in(client)
+    token = app.extensions["strongroom"].accounts.create_token("bob@example.com")
+    headers = {"Authorization": f"Bearer {token}"}
+    for value in ("\u00b2", "0", "-1", "9" * 5000, "1e3"):
+        assert client.get("/search", query_string={"q": "x", "page": value}).status_code == 200
+        response = client.get("/api/v1/search", query_string={"q": "x", "page": value},
+                              headers=headers)
+        assert response.status_code == 400, value
+        assert "whole number" in response.get_json()["message"]

@@ -52,3 +52,20 @@ def test_listing_is_in_key_order_and_resumes_after_a_cursor(store):
 def test_malformed_keys_are_refused(store, key):
     with pytest.raises(ValueError):
         store.put(key, b"x")
+
+
+def test_abandoned_scratch_files_are_removed_on_open(tmp_path):
+    import os
+    import time
+
+    store = LocalWormStore(tmp_path / "store")
+    old = tmp_path / "store/tmp/dead.part"
+    fresh = tmp_path / "store/tmp/writing.part"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    LocalWormStore(tmp_path / "store")
+    assert not old.exists()
+    assert fresh.exists()
+    assert list(store.list("messages")) == []

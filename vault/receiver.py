@@ -166,6 +166,7 @@ class Receiver:
             self.handler,
             max_message_size=self.max_message_size,
             hostname=self.hostname,
+            ident="Strongroom ESMTP",
             loop=self._loop,
         )
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from vault import MissingObjectError, ObjectExistsError, StoreError
 
+ABANDONED_SCRATCH_SECONDS = 3600
 _KEY = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
@@ -62,6 +64,19 @@ class LocalWormStore:
         self._scratch = self.root / "tmp"
         for directory in (self._objects, self._scratch):
             directory.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_scratch()
+
+    def _remove_abandoned_scratch(self) -> None:
+        # A writer killed between its temporary file and the link leaves the
+        # temporary file behind; nothing refers to it, so once it is older
+        # than any write could take, it can go.
+        cutoff = time.time() - ABANDONED_SCRATCH_SECONDS
+        for scratch in self._scratch.glob("*.part"):
+            try:
+                if scratch.stat().st_mtime < cutoff:
+                    scratch.unlink()
+            except FileNotFoundError:
+                pass
 
     def put(self, key: str, data: bytes) -> None:
         """Make ``data`` durable under ``key``; see ObjectStore."""

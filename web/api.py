@@ -8,7 +8,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import BadRequest, Unauthorized
 
 from indexer import QueryError
-from web.archive import archive
+from web.archive import MAX_PAGE_NUMBER, archive, positive_int
 
 api = Blueprint("api", __name__)
 
@@ -78,6 +78,7 @@ def _positive_int(name: str, default: int) -> int:
     value = request.args.get(name, "")
     if not value:
         return default
-    if not value.isdigit() or int(value) < 1:
-        raise BadRequest(f"{name} must be a positive whole number")
-    return int(value)
+    number = positive_int(value)
+    if number is None:
+        raise BadRequest(f"{name} must be a whole number from 1 to {MAX_PAGE_NUMBER}")
+    return number

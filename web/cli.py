@@ -17,7 +17,7 @@ from vault.config import CONFIG_NAME, Settings, load, parse_listen
 from vault.control import ControlDB
 from vault.keys import LocalKeyFile
 from vault.store import LocalWormStore
-from web.accounts import AccountError, Accounts
+from web.accounts import AccountError, Accounts, check_password
 
 log = logging.getLogger("strongroom")
 
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aiosmtpd logs every SMTP command at INFO; our receiver logs each
+    # delivery itself.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     # Keys, mail and password hashes live under the home: private by default.
     previous_umask = os.umask(0o077)
     try:
@@ -60,9 +63,28 @@ def init(arguments: argparse.Namespace) -> int:
     domains = [d.lower() for d in arguments.domain]
     if not domains:
         raise ConfigError("name at least one mail domain with --domain")
-    home.mkdir(mode=0o750, parents=True, exist_ok=True)
-    (home / CONFIG_NAME).write_text(CONFIG_TEMPLATE.format(domains=json.dumps(domains)))
+    admin = arguments.admin or f"admin@{domains[0]}"
+    chosen = os.environ.get("STRONGROOM_ADMIN_PASSWORD", "")
+    password = chosen or secrets.token_urlsafe(18)
+    check_password(password)
 
+    created = not home.exists()
+    home.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        _create_home(home, domains, admin, password)
+    except BaseException:
+        # A half-made home would be served later as if it were whole.
+        _remove_partial_home(home, created)
+        raise
+    print(f"Created the archive home {home}")
+    print(f"Administrator: {admin}")
+    if not chosen:
+        print(f"Password (shown once): {password}")
+    return 0
+
+
+def _create_home(home: Path, domains: list[str], admin: str, password: str) -> None:
+    (home / CONFIG_NAME).write_text(CONFIG_TEMPLATE.format(domains=json.dumps(domains)))
     settings = load(home)
     LocalKeyFile.create(settings.path(settings.keys.key_file))
     from web.app import create_secret
@@ -71,16 +93,21 @@ def init(arguments: argparse.Namespace) -> int:
     LocalWormStore(settings.path(settings.store.path))
     control = ControlDB(settings.path(settings.control.database))
     control.create()
-
-    admin = arguments.admin or f"admin@{domains[0]}"
-    password = os.environ.get("STRONGROOM_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
     _accounts(settings, control).add(admin, password, role="admin")
     control.audit("strongroom-init", "home.created", str(home), domains=domains)
-    print(f"Created the archive home {home}")
-    print(f"Administrator: {admin}")
-    if "STRONGROOM_ADMIN_PASSWORD" not in os.environ:
-        print(f"Password (shown once): {password}")
-    return 0
+
+
+def _remove_partial_home(home: Path, created: bool) -> None:
+    import shutil
+
+    if created:
+        shutil.rmtree(home, ignore_errors=True)
+        return
+    for child in home.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def serve(arguments: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 from indexer import QueryError
 from indexer.extract import extract, header_text
-from web.archive import archive
+from web.archive import archive, positive_int
 
 portal = Blueprint("portal", __name__)
 
@@ -56,8 +56,7 @@ def logout():
 @login_required
 def search():
     query = request.args.get("q", "").strip()
-    page = request.args.get("page", "1")
-    page = int(page) if page.isdigit() and int(page) > 0 else 1
+    page = positive_int(request.args.get("page", "1")) or 1
     results, error = None, None
     if query:
         try:
