@@ -41,3 +41,7 @@ class ConfigError(VaultError):
 
 class MissingObjectError(VaultError):
     """No object is stored under the requested key."""
+
+
+class RetentionError(VaultError):
+    """An object is under retention or legal hold and cannot be deleted."""

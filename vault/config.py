@@ -64,6 +64,12 @@ class CatalogueSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionSettings:
+    default: str = "10y"
+    rules: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class ControlSettings:
     database: str = "control.sqlite3"
 
@@ -80,6 +86,7 @@ class Settings:
     keys: KeySettings = KeySettings()
     catalogue: CatalogueSettings = CatalogueSettings()
     control: ControlSettings = ControlSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -196,5 +203,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"setting catalogue.engine = {settings.catalogue.engine!r}: only 'whoosh'"
         )
+    from vault.retention import RetentionPolicy
+
+    RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
     if settings.receiver.max_message_size < 1024:
         raise ConfigError("setting receiver.max_message_size: at least 1024 bytes")

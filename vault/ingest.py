@@ -19,23 +19,27 @@ from vault.config import Settings
 from vault.keys import KeyProvider, LocalKeyFile
 from vault.ownership import Envelope, OwnershipRules
 from vault.receipts import RECEIPTS, Receipt, receipt_key
+from vault.retention import RetentionPolicy
 from vault.sealing import open_sealed, seal
 from vault.store import LocalWormStore, ObjectStore
 
 log = logging.getLogger(__name__)
 
 MESSAGES = "messages"
+DEFAULT_RETENTION = RetentionPolicy.from_settings("10y", ())
 
 
 class Vault:
     """Seal messages and receipts into a store, and read them back."""
 
     def __init__(
-        self, store: ObjectStore, keys: KeyProvider, rules: OwnershipRules
+        self, store: ObjectStore, keys: KeyProvider, rules: OwnershipRules,
+        retention: RetentionPolicy = DEFAULT_RETENTION,
     ) -> None:
         self.store = store
         self.keys = keys
         self.rules = rules
+        self.retention = retention
 
     def message_key(self, raw: bytes) -> str:
         """Return the object key of a message: a keyed HMAC of its bytes."""
@@ -45,13 +49,19 @@ class Vault:
     def archive(self, raw: bytes, envelope: Envelope) -> Receipt:
         """Store ``raw`` once and record this delivery of it; durable on return."""
         message_key = self.message_key(raw)
-        if not self.store.exists(message_key):
-            try:
-                self.store.put(message_key, seal(self.keys, message_key, raw))
-            except ObjectExistsError:
-                log.debug("%s: stored concurrently by another delivery", message_key)
-
         received_at = now()
+        owners = self.rules.owners(raw, envelope)
+        retain_until = self.retention.retain_until(received_at, owners, envelope)
+        if self.store.exists(message_key):
+            self.store.extend_retention(message_key, retain_until)
+        else:
+            sealed = seal(self.keys, message_key, raw)
+            try:
+                self.store.put(message_key, sealed, retain_until=retain_until)
+            except ObjectExistsError:
+                # Stored by a concurrent delivery of the same bytes.
+                self.store.extend_retention(message_key, retain_until)
+
         receipt = Receipt(
             key=receipt_key(received_at),
             received_at=received_at,
@@ -62,10 +72,12 @@ class Vault:
             helo=envelope.helo,
             mail_from=envelope.mail_from,
             rcpt_tos=envelope.rcpt_tos,
-            owners=self.rules.owners(raw, envelope),
+            owners=owners,
             journaled=any(self.rules.is_journal(r) for r in envelope.rcpt_tos),
+            retain_until=retain_until,
         )
-        self.store.put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()))
+        self.store.put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()),
+                       retain_until=retain_until)
         log.info(
             "archived %s as %s (%d bytes, owners %s)",
             receipt.key, message_key, len(raw), ",".join(receipt.owners) or "-",
@@ -94,4 +106,7 @@ def open_vault(settings: Settings) -> Vault:
         domains=settings.archive.domains,
         journal_addresses=settings.receiver.journal_addresses,
     )
-    return Vault(store, keys, rules)
+    retention = RetentionPolicy.from_settings(
+        settings.retention.default, settings.retention.rules
+    )
+    return Vault(store, keys, rules, retention)

@@ -32,11 +32,13 @@ class Receipt:
     rcpt_tos: tuple[str, ...]
     owners: tuple[str, ...]
     journaled: bool
+    retain_until: dt.datetime
 
     def to_json(self) -> bytes:
         """Serialise the receipt for sealing."""
         fields = dataclasses.asdict(self)
         fields["received_at"] = self.received_at.isoformat()
+        fields["retain_until"] = self.retain_until.isoformat()
         fields["format"] = RECEIPT_FORMAT
         return json.dumps(fields, sort_keys=True).encode("utf-8")
 
@@ -46,6 +48,7 @@ class Receipt:
         fields: dict[str, Any] = json.loads(data)
         fields.pop("format", None)
         fields["received_at"] = dt.datetime.fromisoformat(fields["received_at"])
+        fields["retain_until"] = dt.datetime.fromisoformat(fields["retain_until"])
         fields["rcpt_tos"] = tuple(fields["rcpt_tos"])
         fields["owners"] = tuple(fields["owners"])
         return cls(**fields)

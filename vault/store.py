@@ -8,6 +8,11 @@ the archive by listing receipts after its cursor.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
 import os
 import re
 import secrets
@@ -16,29 +21,63 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from vault import MissingObjectError, ObjectExistsError, StoreError
+from vault import MissingObjectError, ObjectExistsError, RetentionError, StoreError
+from vault.clock import now
 
 ABANDONED_SCRATCH_SECONDS = 3600
 _KEY = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
-class ObjectStore(Protocol):
-    """Store sealed objects under write-once keys.
+@dataclasses.dataclass(frozen=True)
+class Lock:
+    """What keeps an object: retention until a time, and a legal hold."""
 
-    ``put`` returns only once the object is durable; it raises
-    ObjectExistsError if the key is taken (never overwriting) and
-    StoreError on any failure, after which nothing is visible under the key.
-    ``get`` raises MissingObjectError for an absent key.  ``list`` yields
-    the keys under ``prefix`` in byte order, strictly after ``after``.
+    retain_until: dt.datetime
+    legal_hold: bool = False
+
+    def is_locked(self, at: dt.datetime) -> bool:
+        """Tell whether the object may not be deleted at time ``at``."""
+        return self.legal_hold or at < self.retain_until
+
+
+class ObjectStore(Protocol):
+    """Store sealed objects under write-once keys, locked until their time.
+
+    ``put`` returns only once the object is durable and locked until
+    ``retain_until``; it raises ObjectExistsError if the key is taken (never
+    overwriting) and StoreError on any failure, after which nothing is
+    visible under the key.  ``get`` raises MissingObjectError for an absent
+    key.  ``list`` yields the keys under ``prefix`` in byte order, strictly
+    after ``after``.
+
+    Locks only ever grow stronger by time: ``extend_retention`` moves
+    retain-until later and silently keeps a later date already set; no
+    call shortens it.  ``set_legal_hold`` sets or clears the hold flag
+    (which named holds keep it on is the holds module's business).
+    ``delete`` raises RetentionError while the object is under retention
+    or legal hold, and MissingObjectError if it is absent.
     """
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, retain_until: dt.datetime) -> None: ...
 
     def get(self, key: str) -> bytes: ...
 
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str, after: str = "") -> Iterator[str]: ...
+
+    def lock(self, key: str) -> Lock: ...
+
+    def extend_retention(self, key: str, retain_until: dt.datetime) -> None: ...
+
+    def set_legal_hold(self, key: str, on: bool) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+# An object without a lock record (written before locks existed, or whose
+# record was removed) is kept for ever rather than released.
+FOREVER = Lock(dt.datetime.max.replace(tzinfo=dt.timezone.utc))
 
 
 def check_key(key: str) -> str:
@@ -54,16 +93,24 @@ class LocalWormStore:
     Each object is written to a temporary file, fsync'd, hard-linked into
     place (``link`` fails if the name exists, so two writers can never
     overwrite each other), and its directory fsync'd.  Files are made
-    read-only.  This protects against mistakes and bugs, not against root:
-    anyone who can write the directory can still delete files.
+    read-only.  Beside each object, ``locks/<key>`` records its lock as
+    JSON (``{"retain_until": ISO 8601 UTC, "legal_hold": bool}``), written
+    before the object itself so that no object is ever visible unlocked;
+    the store refuses to shorten it or to delete a locked object.
+
+    This protects against mistakes and bugs, not against root: anyone who
+    can write these directories can still delete or edit files.  Use the
+    S3 Object Lock store where deletion must be impossible.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._objects = self.root / "objects"
+        self._locks = self.root / "locks"
         self._scratch = self.root / "tmp"
-        for directory in (self._objects, self._scratch):
+        for directory in (self._objects, self._locks, self._scratch):
             directory.mkdir(parents=True, exist_ok=True)
+        self._mutex_path = self._locks / ".mutex"
         self._remove_abandoned_scratch()
 
     def _remove_abandoned_scratch(self) -> None:
@@ -78,13 +125,14 @@ class LocalWormStore:
             except FileNotFoundError:
                 pass
 
-    def put(self, key: str, data: bytes) -> None:
-        """Make ``data`` durable under ``key``; see ObjectStore."""
+    def put(self, key: str, data: bytes, *, retain_until: dt.datetime) -> None:
+        """Make ``data`` durable under ``key``, locked; see ObjectStore."""
         target = self._objects / check_key(key)
         if target.exists():
             raise ObjectExistsError(f"{key} already stored")
         scratch = self._scratch / f"{secrets.token_hex(8)}.part"
         try:
+            self._change_lock(key, retain_until=retain_until)
             self._write_durably(scratch, data)
             self._make_parents(target.parent)
             os.link(scratch, target)
@@ -95,6 +143,76 @@ class LocalWormStore:
             raise StoreError(f"cannot store {key}: {err.strerror or err}") from err
         finally:
             scratch.unlink(missing_ok=True)
+
+    def lock(self, key: str) -> Lock:
+        """Return the lock recorded for ``key``."""
+        if not self.exists(key):
+            raise MissingObjectError(f"{key} is not stored")
+        return self._read_lock(key) or FOREVER
+
+    def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
+        """Move retain-until later; a later date already set is kept."""
+        self.lock(key)
+        self._change_lock(key, retain_until=retain_until)
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Set or clear the legal hold flag of ``key``."""
+        self.lock(key)
+        self._change_lock(key, legal_hold=on)
+
+    def delete(self, key: str) -> None:
+        """Delete an object whose retention has passed and that is not held."""
+        with self._mutex():
+            current = self.lock(key)
+            if current.is_locked(now()):
+                reason = "under legal hold" if current.legal_hold else (
+                    f"retained until {current.retain_until.isoformat()}")
+                raise RetentionError(f"{key} is {reason}")
+            target = self._objects / key
+            target.unlink()
+            _fsync_directory(target.parent)
+            (self._locks / key).unlink(missing_ok=True)
+
+    def _read_lock(self, key: str) -> Lock | None:
+        try:
+            record = json.loads((self._locks / key).read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        return Lock(dt.datetime.fromisoformat(record["retain_until"]),
+                    bool(record["legal_hold"]))
+
+    def _change_lock(self, key: str, *, retain_until: dt.datetime | None = None,
+                     legal_hold: bool | None = None) -> None:
+        # One writer at a time across processes, so that two extensions
+        # racing can never leave the earlier of their dates behind.
+        with self._mutex():
+            current = self._read_lock(key)
+            until = retain_until or (current.retain_until if current else FOREVER.retain_until)
+            if current is not None:
+                until = max(until, current.retain_until)
+            hold = legal_hold if legal_hold is not None else bool(current and current.legal_hold)
+            if current == Lock(until, hold):
+                return
+            record = json.dumps({"retain_until": until.astimezone(dt.timezone.utc).isoformat(),
+                                 "legal_hold": hold}).encode()
+            path = self._locks / key
+            scratch = self._scratch / f"{secrets.token_hex(8)}.part"
+            try:
+                self._write_durably(scratch, record)
+                self._make_parents(path.parent)
+                os.replace(scratch, path)
+                _fsync_directory(path.parent)
+            finally:
+                scratch.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _mutex(self) -> Iterator[None]:
+        with open(self._mutex_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get(self, key: str) -> bytes:
         """Return the bytes stored under ``key``."""
