@@ -61,3 +61,74 @@ def test_nonces_and_data_keys_never_repeat(keys):
     # B20: a fresh data key per object, and a fresh nonce besides.
     headers = {seal(keys, "messages/same", b"same bytes")[:100] for _ in range(200)}
     assert len(headers) == 200
+
+
+# Segment-level tampering, on a message of three segments and a bit.
+
+import io
+import struct
+
+from vault.sealing import SEGMENT_SIZE, open_stream, seal_stream
+
+
+def split_sealed(sealed: bytes, header_length: int) -> tuple[bytes, list[bytes]]:
+    header, rest, segments = sealed[:header_length], sealed[header_length:], []
+    while rest:
+        (length,) = struct.unpack(">I", rest[:4])
+        segments.append(rest[:4 + length])
+        rest = rest[4 + length:]
+    return header, segments
+
+
+@pytest.fixture
+def large(keys):
+    plaintext = b"".join(i.to_bytes(4, "big") for i in range(SEGMENT_SIZE * 3 // 4 + 1000))
+    sealed = seal(keys, "messages/big", plaintext)
+    header_length = len(seal(keys, "messages/big", b"")) - (4 + 16 + 8)
+    return plaintext, sealed, header_length
+
+
+def test_large_message_round_trips_in_segments(keys, large):
+    plaintext, sealed, header_length = large
+    _, segments = split_sealed(sealed, header_length)
+    assert len(segments) == 4
+    assert open_sealed(keys, "messages/big", sealed) == plaintext
+
+
+@pytest.mark.parametrize("change", ["drop_last", "drop_middle", "swap", "duplicate", "append"])
+def test_segment_tampering_is_detected(keys, large, change):
+    _, sealed, header_length = large
+    header, segments = split_sealed(sealed, header_length)
+    if change == "drop_last":
+        segments = segments[:-1]
+    elif change == "drop_middle":
+        segments = segments[:1] + segments[2:]
+    elif change == "swap":
+        segments[0], segments[1] = segments[1], segments[0]
+    elif change == "duplicate":
+        segments.insert(1, segments[1])
+    else:
+        segments.append(segments[-1])
+    with pytest.raises(IntegrityError, match="messages/big"):
+        open_sealed(keys, "messages/big", header + b"".join(segments))
+
+
+def test_segment_spliced_from_another_object_is_detected(keys, large):
+    plaintext, sealed, header_length = large
+    other = seal(keys, "messages/big", plaintext)
+    header, segments = split_sealed(sealed, header_length)
+    _, foreign = split_sealed(other, header_length)
+    segments[1] = foreign[1]
+    with pytest.raises(IntegrityError, match="segment 1"):
+        open_sealed(keys, "messages/big", header + b"".join(segments))
+
+
+def test_streaming_seal_and_open_match_the_whole_forms(keys):
+    plaintext = bytes(range(256)) * 9000
+    pieces = [plaintext[i:i + 777] for i in range(0, len(plaintext), 777)]
+    sealed = b"".join(seal_stream(keys, "messages/s", iter(pieces)))
+    assert b"".join(open_stream(keys, "messages/s", io.BytesIO(sealed))) == plaintext
+
+
+def test_empty_message_seals_and_opens(keys):
+    assert open_sealed(keys, "messages/e", seal(keys, "messages/e", b"")) == b""
