@@ -120,6 +120,11 @@ class Catalogue:
         with self._index.searcher() as own:
             return own.document(id=message_id)
 
+    def ids(self) -> set[str]:
+        """Return the message id of every document."""
+        with self._index.searcher() as searcher:
+            return {fields["id"] for fields in searcher.all_stored_fields()}
+
     def count(self) -> int:
         """Return the number of documents."""
         with self._index.searcher() as searcher:

@@ -56,6 +56,9 @@ class LocalKeyFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._load()
+
+    def _load(self) -> None:
         try:
             document = json.loads(self.path.read_text("utf-8"))
             self._keys = {
@@ -87,6 +90,31 @@ class LocalKeyFile:
             handle.flush()
             os.fsync(handle.fileno())
         return cls(path)
+
+    def rotate(self) -> str:
+        """Add a new KEK and make it current; every old key stays readable.
+
+        The file is replaced atomically, so a crash leaves either the old
+        or the new key set, never a file that has lost a key.
+        """
+        key_id = f"kek-{now():%Y%m%d}-{secrets.token_hex(4)}"
+        document = json.loads(self.path.read_text("utf-8"))
+        document["keys"][key_id] = _b64(secrets.token_bytes(KEY_BYTES))
+        document["current"] = key_id
+        scratch = self.path.with_name(self.path.name + ".new")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        with os.fdopen(os.open(scratch, flags, 0o600), "w") as handle:
+            json.dump(document, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._load()
+        return key_id
 
     def wrap(self, data_key: bytes) -> tuple[str, bytes]:
         """Wrap a data key under the current KEK (RFC 3394 AES key wrap)."""

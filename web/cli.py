@@ -163,6 +163,47 @@ def token_create(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def verify(arguments: argparse.Namespace) -> int:
+    """Open and cross-check every object; exit 1 if anything is wrong."""
+    from indexer.catalogue import Catalogue
+    from vault.ingest import open_vault
+    from vault.verification import verify as verify_vault
+
+    settings = _settings(arguments)
+    vault = open_vault(settings)
+    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    report = verify_vault(vault, catalogue_ids=catalogue.ids(), sample=arguments.sample,
+                          progress=_progress_bar)
+    control = ControlDB(settings.path(settings.control.database))
+    control.audit("strongroom-cli", "verify", "", messages=report.messages,
+                  receipts=report.receipts, opened=report.opened, faults=len(report.faults))
+    for fault in report.faults:
+        print(f"FAULT {fault}")
+    print(f"{report.messages} messages ({report.opened} opened), {report.receipts} receipts, "
+          f"{len(report.faults)} fault(s)")
+    return 0 if report.is_clean else 1
+
+
+def keys_rotate(arguments: argparse.Namespace) -> int:
+    """Make a new key-encryption key current; old objects still open."""
+    settings = _settings(arguments)
+    keys = LocalKeyFile(settings.path(settings.keys.key_file))
+    key_id = keys.rotate()
+    ControlDB(settings.path(settings.control.database)).audit(
+        "strongroom-cli", "keys.rotated", key_id)
+    print(f"New objects are sealed under {key_id} once serve is restarted; "
+          "every older key stays in the key file.")
+    return 0
+
+
+def _progress_bar(items, label: str, total: int | None):
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=label, total=total, unit="obj", file=sys.stderr)
+
+
 def _settings(arguments: argparse.Namespace) -> Settings:
     return load(Path(arguments.home))
 
@@ -204,6 +245,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="another mailbox this user owns (repeatable)")
     sub.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
+
+    sub = command("verify", verify, "open every object and cross-check the archive")
+    sub.add_argument("--sample", type=int, metavar="N",
+                     help="open only N randomly chosen messages")
+
+    keys = commands.add_parser("keys", help="manage key-encryption keys").add_subparsers(
+        required=True, metavar="ACTION")
+    command("rotate", keys_rotate, "make a new key current for new objects", parent=keys)
 
     tokens = commands.add_parser("token", help="manage API tokens").add_subparsers(
         required=True, metavar="ACTION")
