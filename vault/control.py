@@ -41,7 +41,14 @@ CREATE TABLE IF NOT EXISTS audit (
     actor  TEXT NOT NULL,
     action TEXT NOT NULL,
     target TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT '{}'
+    detail TEXT NOT NULL DEFAULT '{}',
+    batch  INTEGER
+);
+CREATE INDEX IF NOT EXISTS audit_unsealed ON audit (id) WHERE batch IS NULL;
+CREATE TABLE IF NOT EXISTS audit_chain (
+    sequence   INTEGER PRIMARY KEY,
+    object_key TEXT NOT NULL,
+    sha256     TEXT NOT NULL
 );
 """
 
@@ -59,9 +66,15 @@ class ControlDB:
             connection.executescript(SCHEMA)
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """Yield a connection that commits on success and always closes."""
+    def connect(self, *, exclusive: bool = False) -> Iterator[sqlite3.Connection]:
+        """Yield a connection that commits on success and always closes.
+
+        ``exclusive`` takes the database's write lock at once, for a
+        read-modify-write that no other process may interleave with.
+        """
         connection = sqlite3.connect(self.path, timeout=30)
+        if exclusive:
+            connection.isolation_level = "IMMEDIATE"
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA foreign_keys=ON")
         try:
@@ -81,14 +94,19 @@ class ControlDB:
             )
 
     def audit_events(
-        self, actor: str | None = None, limit: int = 100
+        self, actor: str | None = None, limit: int = 100, *,
+        action: str | None = None, since: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Return the latest audit events, newest first."""
+        """Return the latest audit events, newest first, optionally filtered."""
+        clauses, parameters = [], []
+        for clause, value in (("actor = ?", actor), ("action = ?", action),
+                              ("at >= ?", since)):
+            if value is not None:
+                clauses.append(clause)
+                parameters.append(value)
         query = "SELECT * FROM audit"
-        parameters: tuple[str, ...] = ()
-        if actor is not None:
-            query += " WHERE actor = ?"
-            parameters = (actor,)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY id DESC LIMIT ?"
         with self.connect() as connection:
             rows = connection.execute(query, (*parameters, limit)).fetchall()

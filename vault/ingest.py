@@ -89,6 +89,10 @@ class Vault:
         """Return the authenticated bytes of a stored message."""
         return open_sealed(self.keys, message_key, self.store.get(message_key))
 
+    def read_sealed(self, key: str) -> bytes:
+        """Return the authenticated plaintext of any stored object."""
+        return open_sealed(self.keys, key, self.store.get(key))
+
     def read_receipt(self, key: str) -> Receipt:
         """Return the authenticated receipt stored under ``key``."""
         return Receipt.from_json(open_sealed(self.keys, key, self.store.get(key)))

@@ -47,12 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     # Keys, mail and password hashes live under the home: private by default.
     previous_umask = os.umask(0o077)
     try:
-        return arguments.command(arguments) or 0
+        status = arguments.command(arguments) or 0
     except (ConfigError, AccountError, VaultError) as err:
         print(f"strongroom: {err}", file=sys.stderr)
-        return 2
+        status = 2
     finally:
         os.umask(previous_umask)
+    _seal_audit(Path(arguments.home))
+    return status
+
+
+def _seal_audit(home: Path) -> None:
+    # Whatever a command did is sealed into the audit chain before it
+    # returns; serve also seals on its own schedule.
+    from vault.audit import seal_pending
+    from vault.ingest import open_vault
+
+    try:
+        settings = load(home)
+        seal_pending(ControlDB(settings.path(settings.control.database)), open_vault(settings))
+    except ConfigError:
+        return
+    except Exception:
+        log.exception("could not seal the audit trail; it will be sealed later")
 
 
 def init(arguments: argparse.Namespace) -> int:
@@ -196,6 +213,34 @@ def keys_rotate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def audit_verify(arguments: argparse.Namespace) -> int:
+    """Walk the sealed audit chain; exit 1 at the first break."""
+    from vault.audit import verify_chain
+    from vault.ingest import open_vault
+
+    settings = _settings(arguments)
+    control = ControlDB(settings.path(settings.control.database))
+    report = verify_chain(control, open_vault(settings))
+    if report.first_break:
+        print(f"BREAK {report.first_break}")
+    print(f"{report.batches} batches, {report.events} sealed events, "
+          f"{report.unsealed} not yet sealed: "
+          + ("chain broken" if report.first_break else "chain intact"))
+    return 1 if report.first_break else 0
+
+
+def audit_show(arguments: argparse.Namespace) -> int:
+    """Print audit events, newest first, filtered."""
+    settings = _settings(arguments)
+    control = ControlDB(settings.path(settings.control.database))
+    events = control.audit_events(actor=arguments.actor, action=arguments.action,
+                                  since=arguments.since, limit=arguments.limit)
+    for event in events:
+        print(f"{event['at']}  {event['actor']}  {event['action']}  {event['target']}  "
+              f"{event['detail']}")
+    return 0
+
+
 def _progress_bar(items, label: str, total: int | None):
     if not sys.stderr.isatty():
         return items
@@ -249,6 +294,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("verify", verify, "open every object and cross-check the archive")
     sub.add_argument("--sample", type=int, metavar="N",
                      help="open only N randomly chosen messages")
+
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        required=True, metavar="ACTION")
+    command("verify", audit_verify, "walk the sealed audit chain", parent=audit)
+    sub = command("show", audit_show, "print audit events, newest first", parent=audit)
+    sub.add_argument("--actor", help="only events by this account or tool")
+    sub.add_argument("--action", help="only this action (e.g. login.failure)")
+    sub.add_argument("--since", metavar="ISO-TIME", help="only events at or after this time")
+    sub.add_argument("--limit", type=int, default=100)
 
     keys = commands.add_parser("keys", help="manage key-encryption keys").add_subparsers(
         required=True, metavar="ACTION")

@@ -10,12 +10,17 @@ import waitress
 
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
+from vault.audit import seal_pending
 from vault.config import Settings, parse_listen
+from vault.control import ControlDB
 from vault.ingest import open_vault
 from vault.receiver import JournalHandler, Receiver
 from web.app import create_app
 
 log = logging.getLogger(__name__)
+
+# How often the audit trail is sealed into the vault while serving.
+AUDIT_SEAL_SECONDS = 5.0
 
 
 class Service:
@@ -43,6 +48,18 @@ class Service:
         )
         self._stop = threading.Event()
 
+    def _seal_audit(self) -> None:
+        control = ControlDB(self.settings.path(self.settings.control.database))
+        while True:
+            stopping = self._stop.wait(AUDIT_SEAL_SECONDS)
+            try:
+                seal_pending(control, self.vault)
+            except Exception:
+                log.exception("could not seal the audit trail; retrying",
+                              extra={"event": "audit.seal_failed"})
+            if stopping:
+                return
+
     def run(self) -> None:
         """Serve until SystemExit or KeyboardInterrupt, then stop every part."""
         web_host, web_port = parse_listen("portal.listen", self.settings.portal.listen)
@@ -58,6 +75,8 @@ class Service:
             name="follower",
         )
         follower.start()
+        sealer = threading.Thread(target=self._seal_audit, name="audit-sealer")
+        sealer.start()
         log.info("portal listening on http://%s:%d/", web_host, web_port,
                  extra={"event": "portal.started"})
         try:
@@ -71,4 +90,5 @@ class Service:
             self._stop.set()
             self.follower.wake.set()
             follower.join(timeout=60)
+            sealer.join(timeout=60)
             log.info("stopped", extra={"event": "service.stopped"})
