@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # are searched by free text.
 SEARCH_FIELDS = ("subject", "from", "to", "cc", "body", "attachment")
 SNIPPET_STORED_CHARS = 100_000
+WRITER_WAIT_SECONDS = 60.0
 MATCH_START, MATCH_END = "\x02", "\x03"
 
 
@@ -110,8 +111,34 @@ class Catalogue:
         self._write_lock = threading.Lock()
 
     def writer(self):
-        """Return a writer; only the follower writes, one batch at a time."""
-        return self._index.writer()
+        """Return a writer, waiting up to a minute for another to finish.
+
+        The follower writes in short batches; operator commands (purge)
+        wait their turn instead of failing on Whoosh's lock (case B21).
+        """
+        return self._index.writer(timeout=WRITER_WAIT_SECONDS)
+
+    def matching_ids(self, text: str) -> list[str]:
+        """Return the id of every document matching ``text``, in any mailbox.
+
+        Privileged: for operator commands (holds) only; end-user paths
+        always go through ``search`` with their owners.
+        """
+        query = self.parse(text)
+        with self._index.searcher() as searcher:
+            return [searcher.stored_fields(number)["id"]
+                    for number in searcher.docs_for_query(query)]
+
+    def delete(self, message_ids: list[str]) -> None:
+        """Remove documents (after disposition)."""
+        writer = self.writer()
+        try:
+            for message_id in message_ids:
+                writer.delete_by_term("id", message_id)
+        except BaseException:
+            writer.cancel()
+            raise
+        writer.commit()
 
     def document(self, message_id: str, searcher: Searcher | None = None) -> dict | None:
         """Return the stored fields of one message's document, if indexed."""

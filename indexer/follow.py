@@ -132,7 +132,7 @@ class Follower:
         document = documents.get(message_id)
         if document is None:
             stored = self.catalogue.document(message_id, searcher)
-            if stored and key.rpartition("/")[2] in stored["receipts"]:
+            if stored and key in stored["receipts"]:
                 return
             # Whoosh replaces whole documents and keeps no unstored field,
             # so a new receipt for a known message means extracting again.
@@ -143,9 +143,8 @@ class Follower:
                 document["owners"] = stored["owners"]
                 document["receipts"] = list(stored["receipts"])
             documents[message_id] = document
-        receipt_id = key.rpartition("/")[2]
-        if receipt_id not in document["receipts"]:
-            document["receipts"] = [*document["receipts"], receipt_id]
+        if key not in document["receipts"]:
+            document["receipts"] = [*document["receipts"], key]
         owners = set(filter(None, document["owners"].split(","))) | set(receipt.owners)
         document["owners"] = ",".join(sorted(owners))
 

@@ -45,6 +45,20 @@ CREATE TABLE IF NOT EXISTS audit (
     batch  INTEGER
 );
 CREATE INDEX IF NOT EXISTS audit_unsealed ON audit (id) WHERE batch IS NULL;
+CREATE TABLE IF NOT EXISTS holds (
+    name        TEXT PRIMARY KEY,
+    query       TEXT NOT NULL,
+    placed_by   TEXT NOT NULL,
+    placed_at   TEXT NOT NULL,
+    released_by TEXT,
+    released_at TEXT
+);
+CREATE TABLE IF NOT EXISTS hold_objects (
+    hold_name  TEXT NOT NULL REFERENCES holds(name),
+    object_key TEXT NOT NULL,
+    PRIMARY KEY (hold_name, object_key)
+);
+CREATE INDEX IF NOT EXISTS hold_objects_by_key ON hold_objects (object_key);
 CREATE TABLE IF NOT EXISTS audit_chain (
     sequence   INTEGER PRIMARY KEY,
     object_key TEXT NOT NULL,

@@ -213,6 +213,61 @@ def keys_rotate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def hold_place(arguments: argparse.Namespace) -> int:
+    """Hold every message matching a query, in every mailbox, with its receipts."""
+    from indexer.catalogue import Catalogue
+    from vault.holds import Holds
+    from vault.ingest import MESSAGES, open_vault
+
+    settings = _settings(arguments)
+    vault = open_vault(settings)
+    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    keys = []
+    for message_id in catalogue.matching_ids(arguments.query):
+        keys.append(f"{MESSAGES}/{message_id}")
+        keys.extend((catalogue.document(message_id) or {}).get("receipts", []))
+    control = ControlDB(settings.path(settings.control.database))
+    held = Holds(control, vault.store).place(arguments.name, arguments.query, keys,
+                                             actor=arguments.actor)
+    print(f"Hold {arguments.name!r} covers {held} objects "
+          f"({sum(k.startswith(MESSAGES) for k in keys)} messages and their receipts)")
+    return 0
+
+
+def hold_release(arguments: argparse.Namespace) -> int:
+    """Release a hold; objects no other hold covers lose their legal hold."""
+    from vault.holds import Holds
+    from vault.ingest import open_vault
+
+    settings = _settings(arguments)
+    control = ControlDB(settings.path(settings.control.database))
+    cleared = Holds(control, open_vault(settings).store).release(
+        arguments.name, actor=arguments.actor)
+    print(f"Released {arguments.name!r}; {cleared} objects are no longer held")
+    return 0
+
+
+def purge(arguments: argparse.Namespace) -> int:
+    """Delete what is past retention and not held; --dry-run only lists it."""
+    from indexer.catalogue import Catalogue
+    from vault.disposition import purge as purge_vault
+    from vault.holds import Holds
+    from vault.ingest import open_vault
+
+    settings = _settings(arguments)
+    vault = open_vault(settings)
+    control = ControlDB(settings.path(settings.control.database))
+    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    report = purge_vault(vault, control, Holds(control, vault.store), actor=arguments.actor,
+                         dry_run=arguments.dry_run, remove_documents=catalogue.delete)
+    verb = "Would delete" if arguments.dry_run else "Deleted"
+    for key in report.messages:
+        print(f"{verb} {key}")
+    print(f"{verb} {len(report.messages)} messages and {len(report.receipts)} receipts; "
+          f"kept {report.kept_retained} under retention and {report.kept_held} on hold")
+    return 0
+
+
 def audit_verify(arguments: argparse.Namespace) -> int:
     """Walk the sealed audit chain; exit 1 at the first break."""
     from vault.audit import verify_chain
@@ -247,6 +302,15 @@ def _progress_bar(items, label: str, total: int | None):
     from tqdm import tqdm
 
     return tqdm(items, desc=label, total=total, unit="obj", file=sys.stderr)
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
@@ -294,6 +358,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("verify", verify, "open every object and cross-check the archive")
     sub.add_argument("--sample", type=int, metavar="N",
                      help="open only N randomly chosen messages")
+
+    holds = commands.add_parser("hold", help="legal holds").add_subparsers(
+        required=True, metavar="ACTION")
+    sub = command("place", hold_place, "hold every message a query matches", parent=holds)
+    sub.add_argument("name")
+    sub.add_argument("--query", required=True, help="search query, across all mailboxes")
+    sub.add_argument("--actor", default=_operator(), help="who places it (for the audit)")
+    sub = command("release", hold_release, "release a hold", parent=holds)
+    sub.add_argument("name")
+    sub.add_argument("--actor", default=_operator(), help="who releases it (for the audit)")
+
+    sub = command("purge", purge, "delete what is past retention and not on hold")
+    sub.add_argument("--dry-run", action="store_true", help="only list what would go")
+    sub.add_argument("--actor", default=_operator(), help="who runs it (for the audit)")
 
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         required=True, metavar="ACTION")
