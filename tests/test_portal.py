@@ -180,3 +180,23 @@ def test_page_numbers_that_are_not_plain_digits(app):
                               headers=headers)
         assert response.status_code == 400, value
         assert "whole number" in response.get_json()["message"]
+
+
+def test_large_message_is_shown_from_the_catalogue_not_parsed(home, monkeypatch):
+    import web.portal
+
+    settings = load(home)
+    vault = open_vault(settings)
+    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    raw = (b"From: a@example.com\r\nTo: bob@example.com\r\nSubject: GIANT-LINE\r\n\r\nSTART "
+           + b"B" * (5 * 1024 * 1024) + b"\r\n")
+    vault.archive(raw, Envelope("a@example.com", ("bob@example.com",)))
+    Follower(vault, catalogue, home / "cursor2").catch_up()
+    app = create_app(settings, vault=vault, catalogue=catalogue)
+    monkeypatch.setattr(web.portal, "extract", lambda raw: pytest.fail("parsed in full"))
+    client = app.test_client()
+    sign_in(client)
+    page = client.get(f"/messages/{message_id_for(client, 'GIANT-LINE')}").get_data(as_text=True)
+    assert "This message is large" in page
+    assert "START" in page and "GIANT-LINE" in page
+    assert len(page) < 200_000

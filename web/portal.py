@@ -10,12 +10,14 @@ from flask import (Blueprint, Response, flash, redirect, render_template,
 from flask_login import current_user, login_required, login_user, logout_user
 
 from indexer import QueryError
-from indexer.extract import extract, header_text
+from indexer.extract import Extract, extract, header_text
 from web.archive import archive, positive_int
 
 portal = Blueprint("portal", __name__)
 
 PER_PAGE = 20
+FULL_VIEW_BYTES = 4 * 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
 SUMMARY_HEADERS = ("From", "To", "Cc", "Date", "Subject", "Message-ID")
 
 
@@ -75,15 +77,23 @@ def search():
 def message(message_id: str):
     raw = archive().open_message(current_user, message_id)
     archive().control.audit(current_user.address, "view", message_id)
-    found = extract(raw)
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
+    shortened = len(raw) > FULL_VIEW_BYTES
+    if shortened:
+        # Parsing a very large message costs many times its size in memory;
+        # show the text the catalogue already extracted instead.
+        document = archive().catalogue.document(message_id) or {}
+        found = Extract(subject=header_text(headers, "subject"),
+                        body=document.get("preview", ""))
+    else:
+        found = extract(raw)
     summary = [(name, header_text(headers, name)) for name in SUMMARY_HEADERS
                if headers.get(name) is not None]
     all_headers = None
     if request.args.get("headers") == "all":
         all_headers = [(name, header_text(headers, name)) for name in dict.fromkeys(headers.keys())]
     return render_template("message.html", message_id=message_id, found=found,
-                           summary=summary, all_headers=all_headers)
+                           summary=summary, all_headers=all_headers, shortened=shortened)
 
 
 @portal.get("/messages/<message_id>/original.eml")
