@@ -159,7 +159,10 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     """A moto server on loopback, shared by one test module."""
     require_moto()
     with aws_environment(str(tmp_path_factory.mktemp("aws"))):
-        server = MotoServer().start()
+        try:
+            server = MotoServer().start()
+        except RuntimeError as err:
+            require(False, str(err))
         try:
             yield server
         finally:
