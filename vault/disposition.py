@@ -37,7 +37,11 @@ def purge(vault: Vault, control: ControlDB, holds: Holds, *, actor: str,
     report = PurgeReport()
     naming: dict[str, list[str]] = {}
     for key in vault.store.list(RECEIPTS):
-        naming.setdefault(vault.read_receipt(key).message_key, []).append(key)
+        receipt = vault.read_receipt(key)
+        naming.setdefault(receipt.message_key, []).append(key)
+        if receipt.report_key and vault.store.exists(receipt.report_key):
+            # A journal report goes with the delivery it evidences.
+            naming[receipt.message_key].append(receipt.report_key)
 
     def keeps(key: str) -> str | None:
         if holds.is_held(key) or vault.store.lock(key).legal_hold:
@@ -62,7 +66,7 @@ def purge(vault: Vault, control: ControlDB, holds: Holds, *, actor: str,
         return report
 
     remove_documents([key.removeprefix(MESSAGES + "/") for key in report.messages])
-    for key in report.receipts + report.messages:
+    for key in dict.fromkeys(report.receipts + report.messages):
         vault.store.delete(key)
     control.audit(actor, "purge", "", messages=report.messages, receipts=report.receipts,
                   kept_retained=report.kept_retained, kept_held=report.kept_held)

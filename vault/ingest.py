@@ -8,6 +8,7 @@ retries.  Reads authenticate every object before returning a byte.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import logging
@@ -17,6 +18,7 @@ from vault import ObjectExistsError
 from vault.clock import now
 from vault.config import Settings
 from vault.keys import KeyProvider, LocalKeyFile
+from vault.journal import JournalReport, unwrap
 from vault.ownership import Envelope, OwnershipRules
 from vault.receipts import RECEIPTS, Receipt, receipt_key
 from vault.retention import RetentionPolicy
@@ -26,6 +28,7 @@ from vault.store import LocalWormStore, ObjectStore
 log = logging.getLogger(__name__)
 
 MESSAGES = "messages"
+REPORTS = "reports"
 DEFAULT_RETENTION = RetentionPolicy.from_settings("10y", ())
 
 
@@ -47,43 +50,67 @@ class Vault:
         return f"{MESSAGES}/{digest.hexdigest()}"
 
     def archive(self, raw: bytes, envelope: Envelope) -> Receipt:
-        """Store ``raw`` once and record this delivery of it; durable on return."""
-        message_key = self.message_key(raw)
+        """Store ``raw`` once and record this delivery of it; durable on return.
+
+        An Exchange journal report is unwrapped: its original message is
+        the message object, its recipients (Bcc and expanded lists
+        included) are the delivery's, and the report itself is kept too,
+        sealed, as evidence of what was received.
+        """
         received_at = now()
-        owners = self.rules.owners(raw, envelope)
-        retain_until = self.retention.retain_until(received_at, owners, envelope)
-        if self.store.exists(message_key):
-            self.store.extend_retention(message_key, retain_until)
+        report = read_journal_report(raw)
+        if report is None:
+            message = raw
+            owners = self.rules.owners(raw, envelope)
         else:
-            sealed = seal(self.keys, message_key, raw)
-            try:
-                self.store.put(message_key, sealed, retain_until=retain_until)
-            except ObjectExistsError:
-                # Stored by a concurrent delivery of the same bytes.
-                self.store.extend_retention(message_key, retain_until)
+            message = report.original
+            owners = self.rules.report_owners(report)
+        retain_until = self.retention.retain_until(received_at, owners, envelope)
+        message_key = self.message_key(message)
+        self._put_once(message_key, message, retain_until)
+        report_key = ""
+        if report is not None:
+            report_key = f"{REPORTS}/{self.message_key(raw).rpartition('/')[2]}"
+            self._put_once(report_key, raw, retain_until)
 
         receipt = Receipt(
             key=receipt_key(received_at),
             received_at=received_at,
             message_key=message_key,
-            sha256=hashlib.sha256(raw).hexdigest(),
-            size=len(raw),
+            sha256=hashlib.sha256(message).hexdigest(),
+            size=len(message),
             peer=envelope.peer,
             helo=envelope.helo,
             mail_from=envelope.mail_from,
             rcpt_tos=envelope.rcpt_tos,
             owners=owners,
-            journaled=any(self.rules.is_journal(r) for r in envelope.rcpt_tos),
+            journaled=report is not None or any(
+                self.rules.is_journal(r) for r in envelope.rcpt_tos),
             retain_until=retain_until,
+            report_key=report_key,
+            report_recipients=report.recipients if report else (),
+            expanded=report.expanded if report else (),
+            forwarded=report.forwarded if report else (),
         )
         self.store.put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()),
                        retain_until=retain_until)
         log.info(
-            "archived %s as %s (%d bytes, owners %s)",
-            receipt.key, message_key, len(raw), ",".join(receipt.owners) or "-",
+            "archived %s as %s (%d bytes, owners %s%s)",
+            receipt.key, message_key, len(message), ",".join(receipt.owners) or "-",
+            f", journal report {report_key}" if report_key else "",
             extra={"event": "vault.archived"},
         )
         return receipt
+
+    def _put_once(self, key: str, plaintext: bytes, retain_until: dt.datetime) -> None:
+        # Same bytes, same key: a second delivery only lengthens the lock.
+        if self.store.exists(key):
+            self.store.extend_retention(key, retain_until)
+            return
+        try:
+            self.store.put(key, seal(self.keys, key, plaintext), retain_until=retain_until)
+        except ObjectExistsError:
+            self.store.extend_retention(key, retain_until)
 
     def read_message(self, message_key: str) -> bytes:
         """Return the authenticated bytes of a stored message."""
@@ -100,6 +127,16 @@ class Vault:
     def receipts_after(self, cursor: str = "") -> Iterator[str]:
         """Yield receipt keys in time order, strictly after ``cursor``."""
         return self.store.list(RECEIPTS, after=cursor)
+
+
+def read_journal_report(raw: bytes) -> JournalReport | None:
+    """Unwrap a journal report; a report we cannot read is kept whole."""
+    try:
+        return unwrap(raw)
+    except Exception:
+        log.exception("journal report unreadable; archiving it as it came",
+                      extra={"event": "journal.unreadable"})
+        return None
 
 
 def open_vault(settings: Settings) -> Vault:

@@ -15,6 +15,10 @@ import re
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vault.journal import JournalReport
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,21 @@ class OwnershipRules:
         return tuple(sorted({
             normalise(address)
             for address in candidates
+            if self.is_local(address) and not self.is_journal(address)
+        }))
+
+
+    def report_owners(self, report: JournalReport) -> tuple[str, ...]:
+        """Return the local addresses a journal report names, sorted.
+
+        The report's own envelope (from the journaling agent to the
+        journal address) says nothing about the original; the report's
+        sender, recipients, expanded lists and forwarding targets do.
+        """
+        candidates = (report.sender, *report.recipients, *report.expanded,
+                      *report.forwarded)
+        return tuple(sorted({
+            normalise(address) for address in candidates
             if self.is_local(address) and not self.is_journal(address)
         }))
 

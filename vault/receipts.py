@@ -33,6 +33,10 @@ class Receipt:
     owners: tuple[str, ...]
     journaled: bool
     retain_until: dt.datetime
+    report_key: str = ""
+    report_recipients: tuple[str, ...] = ()
+    expanded: tuple[str, ...] = ()
+    forwarded: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         """Serialise the receipt for sealing."""
@@ -49,8 +53,8 @@ class Receipt:
         fields.pop("format", None)
         fields["received_at"] = dt.datetime.fromisoformat(fields["received_at"])
         fields["retain_until"] = dt.datetime.fromisoformat(fields["retain_until"])
-        fields["rcpt_tos"] = tuple(fields["rcpt_tos"])
-        fields["owners"] = tuple(fields["owners"])
+        for name in ("rcpt_tos", "owners", "report_recipients", "expanded", "forwarded"):
+            fields[name] = tuple(fields.get(name, ()))
         return cls(**fields)
 
 

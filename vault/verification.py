@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Iterable
 
 from vault import VaultError
-from vault.ingest import MESSAGES, Vault
+from vault.ingest import MESSAGES, REPORTS, Vault
 from vault.receipts import RECEIPTS
 
 Progress = Callable[[Iterable[str], str, int | None], Iterable[str]]
@@ -58,6 +58,7 @@ def verify(vault: Vault, *, catalogue_ids: set[str] | None = None,
     message_keys = set(vault.store.list(MESSAGES))
     report.messages = len(message_keys)
     received: dict[str, list[tuple[str, str, int]]] = {}
+    reports_named: set[str] = set()
 
     receipt_keys = list(vault.store.list(RECEIPTS))
     report.receipts = len(receipt_keys)
@@ -70,9 +71,21 @@ def verify(vault: Vault, *, catalogue_ids: set[str] | None = None,
         received.setdefault(receipt.message_key, []).append((key, receipt.sha256, receipt.size))
         if receipt.message_key not in message_keys:
             report.fault(key, f"names {receipt.message_key}, which is not stored")
+        if receipt.report_key:
+            reports_named.add(receipt.report_key)
 
     for key in sorted(message_keys - received.keys()):
         report.fault(key, "stored but no receipt names it")
+    report_keys = set(vault.store.list(REPORTS))
+    for key in sorted(reports_named - report_keys):
+        report.fault(key, "named by a receipt but not stored")
+    for key in sorted(report_keys):
+        if key not in reports_named:
+            report.fault(key, "stored but no receipt names it")
+        try:
+            vault.read_sealed(key)
+        except VaultError as err:
+            report.fault(key, str(err))
 
     chosen = sorted(message_keys)
     if sample is not None and sample < len(chosen):
