@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from collections.abc import Mapping
@@ -47,12 +48,20 @@ class PortalSettings:
 class StoreSettings:
     kind: str = "local"
     path: str = "store"
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str = ""
+    region: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class KeySettings:
     provider: str = "local"
     key_file: str = "keys/kek.json"
+    kms_key_id: str = ""
+    kms_previous_key_ids: tuple[str, ...] = ()
+    kms_endpoint_url: str = ""
+    kms_region: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,12 +202,8 @@ def validate(settings: Settings) -> None:
             raise ConfigError(
                 f"setting receiver.trusted_networks: {network!r} is not a network"
             ) from None
-    if settings.store.kind != "local":
-        raise ConfigError(f"setting store.kind = {settings.store.kind!r}: only 'local'")
-    if settings.keys.provider != "local":
-        raise ConfigError(
-            f"setting keys.provider = {settings.keys.provider!r}: only 'local'"
-        )
+    _validate_store(settings.store)
+    _validate_keys(settings.keys)
     if settings.catalogue.engine != "whoosh":
         raise ConfigError(
             f"setting catalogue.engine = {settings.catalogue.engine!r}: only 'whoosh'"
@@ -208,3 +213,31 @@ def validate(settings: Settings) -> None:
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
     if settings.receiver.max_message_size < 1024:
         raise ConfigError("setting receiver.max_message_size: at least 1024 bytes")
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _validate_store(store: StoreSettings) -> None:
+    if store.kind not in ("local", "s3"):
+        raise ConfigError(f"setting store.kind = {store.kind!r}: expected 'local' or 's3'")
+    if store.kind != "s3":
+        return
+    if not store.bucket:
+        raise ConfigError("setting store.bucket: required when store.kind = 's3'")
+    if not _BUCKET.fullmatch(store.bucket) or ".." in store.bucket:
+        raise ConfigError(f"setting store.bucket = {store.bucket!r}: not a valid S3 bucket name")
+    _check_url("store.endpoint_url", store.endpoint_url)
+
+
+def _validate_keys(keys: KeySettings) -> None:
+    if keys.provider not in ("local", "kms"):
+        raise ConfigError(f"setting keys.provider = {keys.provider!r}: expected 'local' or 'kms'")
+    if keys.provider == "kms" and not keys.kms_key_id:
+        raise ConfigError("setting keys.kms_key_id: required when keys.provider = 'kms'")
+    _check_url("keys.kms_endpoint_url", keys.kms_endpoint_url)
+
+
+def _check_url(name: str, value: str) -> None:
+    if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ConfigError(f"setting {name} = {value!r}: expected an http:// or https:// URL")

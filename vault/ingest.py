@@ -139,10 +139,32 @@ def read_journal_report(raw: bytes) -> JournalReport | None:
         return None
 
 
+def open_store(settings: Settings) -> ObjectStore:
+    """Open the object store the settings name; S3 checks its bucket first."""
+    if settings.store.kind == "s3":
+        from vault.s3store import S3ObjectLockStore, s3_client
+
+        client = s3_client(settings.store.endpoint_url or None, settings.store.region or None)
+        return S3ObjectLockStore.open(client, settings.store.bucket, settings.store.prefix)
+    return LocalWormStore(settings.path(settings.store.path))
+
+
+def open_keys(settings: Settings, store: ObjectStore) -> KeyProvider:
+    """Open the key provider the settings name."""
+    if settings.keys.provider == "kms":
+        from vault.kms import KmsKeyProvider, kms_client
+
+        client = kms_client(settings.keys.kms_endpoint_url or None,
+                            settings.keys.kms_region or settings.store.region or None)
+        return KmsKeyProvider.open(client, settings.keys.kms_key_id, store,
+                                   previous_key_ids=settings.keys.kms_previous_key_ids)
+    return LocalKeyFile(settings.path(settings.keys.key_file))
+
+
 def open_vault(settings: Settings) -> Vault:
     """Open the vault that ``settings`` describe."""
-    store = LocalWormStore(settings.path(settings.store.path))
-    keys = LocalKeyFile(settings.path(settings.keys.key_file))
+    store = open_store(settings)
+    keys = open_keys(settings, store)
     rules = OwnershipRules(
         domains=settings.archive.domains,
         journal_addresses=settings.receiver.journal_addresses,

@@ -204,6 +204,11 @@ def verify(arguments: argparse.Namespace) -> int:
 def keys_rotate(arguments: argparse.Namespace) -> int:
     """Make a new key-encryption key current; old objects still open."""
     settings = _settings(arguments)
+    if settings.keys.provider != "local":
+        raise ConfigError(
+            "with keys.provider = 'kms', rotate the key in KMS (automatic rotation keeps "
+            "its ARN), or set a new keys.kms_key_id and list the old one in "
+            "keys.kms_previous_key_ids")
     keys = LocalKeyFile(settings.path(settings.keys.key_file))
     key_id = keys.rotate()
     ControlDB(settings.path(settings.control.database)).audit(
