@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS hold_objects (
     PRIMARY KEY (hold_name, object_key)
 );
 CREATE INDEX IF NOT EXISTS hold_objects_by_key ON hold_objects (object_key);
+CREATE TABLE IF NOT EXISTS refusals (
+    id     INTEGER PRIMARY KEY,
+    at     TEXT NOT NULL,
+    source TEXT NOT NULL,
+    code   INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS refusals_by_time ON refusals (at);
 CREATE TABLE IF NOT EXISTS audit_chain (
     sequence   INTEGER PRIMARY KEY,
     object_key TEXT NOT NULL,
@@ -106,6 +114,13 @@ class ControlDB:
                 (now().isoformat(), actor, action, target,
                  json.dumps(detail, sort_keys=True)),
             )
+
+    def record_refusal(self, source: str, code: int, reason: str) -> None:
+        """Count one 4xx or 5xx answer to a journal source, for status."""
+        with self.connect() as connection:
+            connection.execute(
+                "INSERT INTO refusals (at, source, code, reason) VALUES (?, ?, ?, ?)",
+                (now().isoformat(), source, code, reason[:200]))
 
     def audit_events(
         self, actor: str | None = None, limit: int = 100, *,

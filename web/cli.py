@@ -273,6 +273,34 @@ def purge(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def status(arguments: argparse.Namespace) -> int:
+    """Show what each journal source sent in the last hour and day."""
+    from vault.clock import now
+    from vault.ingest import open_vault
+    from vault.status import collect
+
+    settings = _settings(arguments)
+    control = ControlDB(settings.path(settings.control.database))
+    sources = collect(open_vault(settings), control)
+    at = now()
+    print(f"{'journal source':<32} {'last hour':>18} {'last day':>20} "
+          f"{'last message (UTC)':>20} {'4xx/day':>7} {'5xx/day':>7}")
+    for source in sources:
+        last = f"{source.last_message:%Y-%m-%d %H:%M:%S}" if source.last_message else "never"
+        print(f"{source.source:<32} "
+              f"{source.messages_hour:>6} msg {_megabytes(source.bytes_hour):>8} "
+              f"{source.messages_day:>7} msg {_megabytes(source.bytes_day):>9} "
+              f"{last:>20} {source.deferred_day:>7} {source.refused_day:>7}"
+              + ("  SILENT" if source.is_silent(at) else ""))
+    if not sources:
+        print("no mail and no refusals in the last 7 days")
+    return 0
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1_000_000:.1f} MB"
+
+
 def audit_verify(arguments: argparse.Namespace) -> int:
     """Walk the sealed audit chain; exit 1 at the first break."""
     from vault.audit import verify_chain
@@ -373,6 +401,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("release", hold_release, "release a hold", parent=holds)
     sub.add_argument("name")
     sub.add_argument("--actor", default=_operator(), help="who releases it (for the audit)")
+
+    command("status", status, "show what each journal source sent, and when")
 
     sub = command("purge", purge, "delete what is past retention and not on hold")
     sub.add_argument("--dry-run", action="store_true", help="only list what would go")

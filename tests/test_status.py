@@ -1,0 +1,50 @@
+# status shows, per journal source, what arrived in the last hour and day,
+# what was refused, and a source that went silent.
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tests.conftest import CASES
+from vault.config import load
+from vault.control import ControlDB
+from vault.ingest import open_vault
+from vault.ownership import Envelope
+from web.cli import main as strongroom
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
+    home = tmp_path / "home"
+    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
+    return home
+
+
+def test_status_counts_per_source_and_flags_a_silent_one(home, capsys, monkeypatch):
+    vault = open_vault(load(home))
+    two_hours_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    monkeypatch.setattr("vault.ingest.now", lambda: two_hours_ago)
+    vault.archive((CASES / "B09.eml").read_bytes(),
+                  Envelope("a@example.com", ("bob@example.com",), peer="192.0.2.7"))
+    monkeypatch.undo()
+    for name in ("B16.eml", "B22.eml"):
+        vault.archive((CASES / name).read_bytes(),
+                      Envelope("a@example.com", ("journal@archive.test",), peer="127.0.0.1"))
+    control = ControlDB(home / "control.sqlite3")
+    control.record_refusal("journal@archive.test", 451, "store failed")
+    control.record_refusal("198.51.100.9", 550, "untrusted")
+
+    capsys.readouterr()
+    assert strongroom(["status", "--home", str(home)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    journal = lines["journal@archive.test"].split()
+    assert journal[1:3] == ["2", "msg"] and journal[5:7] == ["2", "msg"]
+    assert journal[-2:] == ["1", "0"]
+    relay = lines["192.0.2.7"]
+    assert relay.split()[1] == "0" and relay.split()[5] == "1"
+    assert relay.rstrip().endswith("SILENT")
+    assert lines["198.51.100.9"].split()[-2:] == ["0", "1"]
+    assert not lines["journal@archive.test"].rstrip().endswith("SILENT")
