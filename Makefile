@@ -33,3 +33,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	scripts/install-peers
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Issue #3's sealing, store and memory figures: BENCH_ARGS=--quick for a
+# smoke run, BENCH_ARGS="--json PATH" to keep every figure.
+.PHONY: bench-vault
+bench-vault: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.vault_bench $(BENCH_ARGS)
