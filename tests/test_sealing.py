@@ -84,7 +84,9 @@ def split_sealed(sealed: bytes, header_length: int) -> tuple[bytes, list[bytes]]
 def large(keys):
     plaintext = b"".join(i.to_bytes(4, "big") for i in range(SEGMENT_SIZE * 3 // 4 + 1000))
     sealed = seal(keys, "messages/big", plaintext)
-    header_length = len(seal(keys, "messages/big", b"")) - (4 + 16 + 8)
+    id_length = sealed[12]
+    (wrapped_length,) = struct.unpack(">H", sealed[13 + id_length:15 + id_length])
+    header_length = 15 + id_length + wrapped_length + 7
     return plaintext, sealed, header_length
 
 
@@ -132,3 +134,13 @@ def test_streaming_seal_and_open_match_the_whole_forms(keys):
 
 def test_empty_message_seals_and_opens(keys):
     assert open_sealed(keys, "messages/e", seal(keys, "messages/e", b"")) == b""
+
+
+def test_zlib_sealed_objects_still_open(keys):
+    from vault.sealing import COMPRESSION_ZLIB
+
+    plaintext = b"older objects were compressed with zlib\r\n" * 50000
+    sealed = b"".join(seal_stream(keys, "messages/z", [plaintext], compression=COMPRESSION_ZLIB))
+    assert sealed[7] == COMPRESSION_ZLIB
+    assert open_sealed(keys, "messages/z", sealed) == plaintext
+    assert seal(keys, "messages/z", plaintext)[7] == 2
