@@ -39,7 +39,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from botocore.exceptions import (  # type: ignore[import-untyped,unused-ignore]
@@ -166,7 +166,8 @@ class S3ObjectLockStore:
             "ObjectLockConfiguration", {})
         return configuration
 
-    def put(self, key: str, data: bytes, *, retain_until: dt.datetime) -> None:
+    def put(self, key: str, data: bytes | Iterable[bytes], *,
+            retain_until: dt.datetime) -> None:
         """Write ``data`` once under ``key``, locked; see ObjectStore.
 
         ``If-None-Match: *`` makes S3 itself refuse a second write, so two
@@ -175,6 +176,8 @@ class S3ObjectLockStore:
         second version can be written, but ``get`` keeps returning the
         first, so what was stored first is never replaced.
         """
+        # The PUT's checksums need the whole body; S3 takes it in one request.
+        data = data if isinstance(data, bytes) else b"".join(data)
         object_name = self.prefix + check_key(key)
         sha256 = _b64(hashlib.sha256(data).digest())
         try:

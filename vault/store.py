@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +43,8 @@ class Lock:
 class ObjectStore(Protocol):
     """Store sealed objects under write-once keys, locked until their time.
 
+    ``data`` may be bytes or an iterable of chunks (a sealing stream), so
+    a store that can write as it goes keeps memory bounded.
     ``put`` returns only once the object is durable and locked until
     ``retain_until``; it raises ObjectExistsError if the key is taken (never
     overwriting) and StoreError on any failure, after which nothing is
@@ -58,7 +60,8 @@ class ObjectStore(Protocol):
     or legal hold, and MissingObjectError if it is absent.
     """
 
-    def put(self, key: str, data: bytes, *, retain_until: dt.datetime) -> None: ...
+    def put(self, key: str, data: bytes | Iterable[bytes], *,
+            retain_until: dt.datetime) -> None: ...
 
     def get(self, key: str) -> bytes: ...
 
@@ -125,7 +128,8 @@ class LocalWormStore:
             except FileNotFoundError:
                 pass
 
-    def put(self, key: str, data: bytes, *, retain_until: dt.datetime) -> None:
+    def put(self, key: str, data: bytes | Iterable[bytes], *,
+            retain_until: dt.datetime) -> None:
         """Make ``data`` durable under ``key``, locked; see ObjectStore."""
         target = self._objects / check_key(key)
         if target.exists():
@@ -248,12 +252,13 @@ class LocalWormStore:
             elif key > after:
                 yield key
 
-    def _write_durably(self, path: Path, data: bytes) -> None:
+    def _write_durably(self, path: Path, data: bytes | Iterable[bytes]) -> None:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view):]
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(descriptor, view):]
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
