@@ -180,6 +180,36 @@ def token_create(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def sender_add(arguments: argparse.Namespace) -> int:
+    """Create a journal sender that mail servers authenticate as (SMTP AUTH)."""
+    from web.senders import JournalSenders
+
+    settings = _settings(arguments)
+    if not arguments.password_stdin:
+        raise ConfigError("give the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\r\n")
+    control = ControlDB(settings.path(settings.control.database))
+    JournalSenders(control).add(arguments.name, password)
+    control.audit("strongroom-cli", "sender.created", arguments.name)
+    print(f"Created journal sender {arguments.name}")
+    if settings.receiver.trust == "networks":
+        print("receiver.trust is 'networks': set it to 'auth' or 'networks-or-auth' "
+              "for the receiver to accept this sender")
+    return 0
+
+
+def sender_remove(arguments: argparse.Namespace) -> int:
+    """Remove a journal sender; its next AUTH fails."""
+    from web.senders import JournalSenders
+
+    settings = _settings(arguments)
+    control = ControlDB(settings.path(settings.control.database))
+    JournalSenders(control).remove(arguments.name)
+    control.audit("strongroom-cli", "sender.removed", arguments.name)
+    print(f"Removed journal sender {arguments.name}")
+    return 0
+
+
 def verify(arguments: argparse.Namespace) -> int:
     """Open and cross-check every object; exit 1 if anything is wrong."""
     from indexer.catalogue import Catalogue
@@ -420,6 +450,16 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="manage key-encryption keys").add_subparsers(
         required=True, metavar="ACTION")
     command("rotate", keys_rotate, "make a new key current for new objects", parent=keys)
+
+    senders = commands.add_parser(
+        "sender", help="mail servers that journal by SMTP AUTH").add_subparsers(
+        required=True, metavar="ACTION")
+    sub = command("add", sender_add, "create a journal sender", parent=senders)
+    sub.add_argument("name")
+    sub.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    sub = command("remove", sender_remove, "remove a journal sender", parent=senders)
+    sub.add_argument("name")
 
     tokens = commands.add_parser("token", help="manage API tokens").add_subparsers(
         required=True, metavar="ACTION")
