@@ -85,6 +85,17 @@ class ArchiveServer:
                         raise RuntimeError(f"serve did not listen on {port}")
                     time.sleep(0.1)
 
+    def configure(self, section: str, text: str) -> None:
+        """Append a ``[section]`` with TOML ``text`` to the home's config."""
+        with open(self.home / "config.toml", "a") as config:
+            config.write(f"\n[{section}]\n{text.strip()}\n")
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash or ``kill -9`` would."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
     def stop(self) -> int | None:
         """Stop the server with SIGTERM and return its exit status."""
         if self.process is None or self.process.poll() is not None:
@@ -116,6 +127,10 @@ class ArchiveServer:
             if code != 250:
                 raise smtplib.SMTPDataError(code, text)
             return text.decode()
+
+    def session(self, timeout: float = 30.0) -> RawSMTP:
+        """Open a raw SMTP session to the server (the greeting is read)."""
+        return RawSMTP(self.smtp_port, timeout)
 
     def get(self, path: str, token: str | None) -> tuple[int, bytes, dict]:
         """GET a portal path with an optional bearer token."""
@@ -150,3 +165,48 @@ class ArchiveServer:
             if found["total"] >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
+
+
+class RawSMTP:
+    """An SMTP client that sends exactly the bytes a test gives it.
+
+    smtplib sends a whole command or message at once; a test that must
+    stop half-way through DATA, or read a reply the server sends on its
+    own (a 421), talks through this instead.
+    """
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.connection = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.stream = self.connection.makefile("rb")
+        self.greeting = self.reply()
+
+    def reply(self) -> tuple[int, str]:
+        """Read one (possibly multi-line) reply; return its code and text."""
+        lines = []
+        while True:
+            line = self.stream.readline()
+            if not line:
+                raise ConnectionError(f"server closed the connection after {lines!r}")
+            lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return int(lines[0][:3]), "\n".join(lines)
+
+    def command(self, line: str) -> tuple[int, str]:
+        """Send one command line and return the reply to it."""
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def send(self, data: bytes) -> None:
+        """Send raw bytes, without waiting for a reply."""
+        self.connection.sendall(data)
+
+    def close(self) -> None:
+        """Close the connection without QUIT."""
+        self.stream.close()
+        self.connection.close()
+
+    def __enter__(self) -> RawSMTP:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,15 +1,20 @@
 # The receiver over real TCP: the DATA octets are stored exactly (after
-# dot-unstuffing), smuggled transactions are not, and a store failure is a
-# 451 that loses nothing.
+# dot-unstuffing), smuggled transactions are not, a store failure is a 451
+# that loses nothing, limits and timeouts hold, LMTP answers per recipient,
+# and a stop lets messages in DATA finish.
 
 from __future__ import annotations
 
 import hashlib
 import smtplib
+import socket
+import threading
+import time
 
 import pytest
 
 from tests.conftest import CASES
+from tests.harness import RawSMTP
 from tests.transcript import replay
 from vault import StoreError
 from vault.ingest import Vault
@@ -32,9 +37,12 @@ def vault(tmp_path):
 def receiver(vault):
     started = []
 
-    def start(trusted=("127.0.0.0/8",), max_recipients=100, max_size=1 << 20):
-        handler = JournalHandler(vault, trusted, max_recipients)
-        server = Receiver(handler, "127.0.0.1", 0, "archive.test", max_size)
+    def start(trusted=("127.0.0.0/8",), max_recipients=100, max_size=1 << 20, *,
+              lmtp=False, timeout=300.0, grace=30.0, **handler_options):
+        handler = JournalHandler(vault, trusted, max_recipients, **handler_options)
+        server = Receiver(handler, "127.0.0.1", 0, "archive.test", max_size,
+                          lmtp=("127.0.0.1", 0) if lmtp else None,
+                          timeout=timeout, shutdown_grace=grace)
         server.start()
         started.append(server)
         return server
@@ -149,13 +157,30 @@ def test_untrusted_peer_is_refused_and_nothing_is_stored(vault, receiver):
 
 
 def test_oversized_message_is_refused_with_552(vault, receiver):
-    server = receiver(max_size=4096)
+    refusals = []
+    server = receiver(max_size=4096, on_refused=lambda *answer: refusals.append(answer))
     raw = b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 100 + b"y" * 8000 + b"\r\n"
-    with smtplib.SMTP("127.0.0.1", server.port) as client:
-        with pytest.raises(smtplib.SMTPException) as refused:
-            client.sendmail("alice@example.com", ["bob@example.com"], raw)
-    assert "552" in str(refused.value)
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        client.command("MAIL FROM:<alice@example.com>")
+        client.command("RCPT TO:<bob@example.com>")
+        assert client.command("DATA")[0] == 354
+        client.send(raw + b".\r\n")
+        code, text = client.reply()
+    assert (code, text) == (552, "552 5.3.4 Message exceeds the archive's size limit "
+                                 "of 4096 bytes")
     assert stored_messages(vault) == []
+    assert refusals == [("127.0.0.1", 552, text)]
+
+
+def test_size_announced_too_big_is_refused_at_mail_from(vault, receiver):
+    # RFC 1870: a declared SIZE over the limit is refused before any data.
+    server = receiver(max_size=4096)
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        code, text = client.command("MAIL FROM:<alice@example.com> SIZE=4097")
+    assert code == 552
+    assert "5.3.4" in text and "4096 bytes" in text
 
 
 def test_lines_longer_than_rfc5321_allows_are_still_archived(vault, receiver):
@@ -176,3 +201,216 @@ def test_too_many_recipients_get_452_and_the_rest_are_accepted(vault, receiver):
         assert client.rcpt("a@example.com")[0] == 250
         assert client.rcpt("b@example.com")[0] == 250
         assert client.rcpt("c@example.com")[0] == 452
+
+
+def test_ehlo_announces_size_8bitmime_and_smtputf8_and_no_auth_in_clear(receiver):
+    server = receiver(max_size=1 << 20)
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo("client.example.com")
+        features = client.esmtp_features
+    assert features["size"] == str(1 << 20)
+    assert "8bitmime" in features
+    assert "smtputf8" in features
+    assert "auth" not in features
+    assert "starttls" not in features
+
+
+def test_smtputf8_sender_and_8bit_body_are_archived_as_sent(vault, receiver):
+    # RFC 6531: an internationalised address travels in MAIL FROM as UTF-8.
+    server = receiver()
+    raw = ("From: José <josé@example.com>\r\nTo: bob@example.com\r\n"
+           "Subject: café\r\n\r\nCrème brûlée, 8-bit.\r\n").encode("utf-8")
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.sendmail("josé@example.com", ["bob@example.com"], raw,
+                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    [(receipt, stored)] = stored_messages(vault)
+    assert stored == raw
+    assert receipt.mail_from == "josé@example.com"
+
+
+def test_untrusted_peer_refusal_is_counted_against_the_peer(vault, receiver):
+    refusals = []
+    server = receiver(trusted=("192.0.2.0/24",),
+                      on_refused=lambda *answer: refusals.append(answer))
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        code, text = client.command("MAIL FROM:<alice@example.com>")
+    assert code == 550
+    assert refusals == [("127.0.0.1", 550, text)]
+
+
+def test_store_failure_is_counted_against_the_journal_address(vault, receiver, monkeypatch):
+    refusals = []
+    server = receiver(on_refused=lambda *answer: refusals.append(answer))
+
+    def failing_put(key, data, **options):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(vault.store, "put", failing_put)
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        with pytest.raises(smtplib.SMTPDataError):
+            client.sendmail("alice@example.com", ["Journal@archive.example.com"],
+                            (CASES / "B05.eml").read_bytes())
+    assert [(source, code) for source, code, _ in refusals] == [
+        ("journal@archive.example.com", 451)]
+
+
+def test_auth_trust_refuses_mail_from_an_unauthenticated_session_with_530(vault, receiver):
+    server = receiver(trusted=(), trust="auth", authenticate=lambda name, password: True)
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        code, text = client.command("MAIL FROM:<alice@example.com>")
+    assert code == 530
+    assert text.startswith("530 5.7.0 Authentication required")
+    assert stored_messages(vault) == []
+
+
+def test_idle_session_is_closed_after_the_timeout(vault, receiver):
+    server = receiver(timeout=0.5)
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        time.sleep(1.0)
+        with pytest.raises(OSError):
+            client.command("MAIL FROM:<alice@example.com>")
+            client.command("RCPT TO:<bob@example.com>")
+
+
+def test_timeout_bounds_silence_inside_data_not_the_whole_message(vault, receiver):
+    # A large message on a slow link may take longer than the timeout; it
+    # must only never fall silent for longer (RFC 5321 section 4.5.3.2.6).
+    server = receiver(timeout=0.6)
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        client.command("MAIL FROM:<alice@example.com>")
+        client.command("RCPT TO:<bob@example.com>")
+        assert client.command("DATA")[0] == 354
+        client.send(b"Subject: slow\r\n\r\n")
+        for line in range(6):
+            time.sleep(0.25)
+            client.send(b"line %d\r\n" % line)
+        client.send(b".\r\n")
+        code, _ = client.reply()
+    assert code == 250
+    [(_, stored)] = stored_messages(vault)
+    assert stored.endswith(b"line 5\r\n")
+
+
+def test_client_silent_inside_data_is_disconnected_and_nothing_is_stored(vault, receiver):
+    server = receiver(timeout=0.5)
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        client.command("MAIL FROM:<alice@example.com>")
+        client.command("RCPT TO:<bob@example.com>")
+        assert client.command("DATA")[0] == 354
+        client.send(b"Subject: stalled\r\n\r\nhalf a message\r\n")
+        time.sleep(1.0)
+        with pytest.raises(OSError):
+            client.send(b"the rest\r\n.\r\n")
+            client.reply()
+    assert stored_messages(vault) == []
+
+
+def lmtp_transaction(port: int, recipients: list[str], raw: bytes) -> list[tuple[int, str]]:
+    """Deliver one message over LMTP; return the replies to DATA."""
+    with RawSMTP(port) as client:
+        assert client.command("LHLO mta.example.com")[0] == 250
+        assert client.command("MAIL FROM:<alice@example.com>")[0] == 250
+        for recipient in recipients:
+            assert client.command(f"RCPT TO:<{recipient}>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        client.send(raw + b".\r\n")
+        return [client.reply() for _ in recipients]
+
+
+def test_lmtp_answers_data_once_per_recipient(vault, receiver):
+    # RFC 2033 section 4.2: one reply per accepted RCPT, in order.
+    server = receiver(lmtp=True)
+    recipients = ["bob@example.com", "carol@example.com", "dave@example.com"]
+    replies = lmtp_transaction(server.lmtp_port, recipients,
+                               (CASES / "B05.eml").read_bytes())
+
+    assert [code for code, _ in replies] == [250, 250, 250]
+    for recipient, (_, text) in zip(recipients, replies):
+        assert f"<{recipient}>" in text
+    [(receipt, stored)] = stored_messages(vault)
+    assert stored == (CASES / "B05.eml").read_bytes()
+    assert receipt.rcpt_tos == tuple(recipients)
+
+
+def test_lmtp_store_failure_is_451_for_every_recipient(vault, receiver, monkeypatch):
+    server = receiver(lmtp=True)
+
+    def failing_put(key, data, **options):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(vault.store, "put", failing_put)
+    replies = lmtp_transaction(server.lmtp_port, ["bob@example.com", "carol@example.com"],
+                               (CASES / "B05.eml").read_bytes())
+    assert [code for code, _ in replies] == [451, 451]
+    assert stored_messages(vault) == []
+
+
+def test_lmtp_listener_refuses_ehlo(receiver):
+    server = receiver(lmtp=True)
+    with RawSMTP(server.lmtp_port) as client:
+        assert client.command("EHLO mta.example.com")[0] == 500
+
+
+def is_refusing_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def start_transaction(port: int) -> RawSMTP:
+    """Open a session and take it into DATA."""
+    client = RawSMTP(port)
+    client.command("EHLO client.example.com")
+    client.command("MAIL FROM:<alice@example.com>")
+    client.command("RCPT TO:<bob@example.com>")
+    assert client.command("DATA")[0] == 354
+    return client
+
+
+def test_stop_finishes_the_message_in_data_and_sends_421_to_idle_sessions(vault, receiver):
+    # Graceful stop: nothing new is accepted, an idle session is told 421,
+    # and a message already in DATA is still archived and answered 250.
+    server = receiver()
+    raw = (CASES / "B05.eml").read_bytes()
+    idle = RawSMTP(server.port)
+    idle.command("EHLO idle.example.com")
+    sending = start_transaction(server.port)
+    sending.send(raw[:len(raw) // 2])
+
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    assert idle.reply()[0] == 421
+    deadline = time.monotonic() + 5
+    while not is_refusing_connections(server.port):
+        assert time.monotonic() < deadline, "still accepting connections"
+        time.sleep(0.05)
+    sending.send(raw[len(raw) // 2:] + b".\r\n")
+    assert sending.reply()[0] == 250
+    assert sending.reply()[0] == 421
+    stopper.join(timeout=10)
+
+    assert not stopper.is_alive()
+    [(_, stored)] = stored_messages(vault)
+    assert stored == raw
+    idle.close()
+    sending.close()
+
+
+def test_stop_closes_a_stalled_message_after_the_grace_and_stores_nothing(vault, receiver):
+    server = receiver(grace=0.5)
+    sending = start_transaction(server.port)
+    sending.send(b"Subject: stalled\r\n\r\nhalf\r\n")
+
+    started = time.monotonic()
+    server.stop()
+    assert 0.4 < time.monotonic() - started < 5
+    assert sending.reply()[0] == 421
+    assert stored_messages(vault) == []
+    sending.close()

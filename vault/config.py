@@ -26,6 +26,11 @@ class ArchiveSettings:
     domains: tuple[str, ...] = ()
 
 
+# Who may journal to the archive: peers in trusted networks, journal
+# senders authenticated by SMTP AUTH, or either.
+TRUST_MODES = ("networks", "auth", "networks-or-auth")
+
+
 @dataclasses.dataclass(frozen=True)
 class ReceiverSettings:
     listen: str = "127.0.0.1:2525"
@@ -34,6 +39,13 @@ class ReceiverSettings:
     journal_addresses: tuple[str, ...] = ("journal",)
     max_message_size: int = 64 * 1024 * 1024
     max_recipients: int = 1000
+    trust: str = "networks"
+    tls_certificate: str = ""
+    tls_key: str = ""
+    require_tls: bool = False
+    timeout_seconds: float = 300.0
+    lmtp_listen: str = ""
+    shutdown_grace_seconds: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +214,7 @@ def validate(settings: Settings) -> None:
             raise ConfigError(
                 f"setting receiver.trusted_networks: {network!r} is not a network"
             ) from None
+    _validate_receiver(settings.receiver)
     _validate_store(settings.store)
     _validate_keys(settings.keys)
     if settings.catalogue.engine != "whoosh":
@@ -211,8 +224,37 @@ def validate(settings: Settings) -> None:
     from vault.retention import RetentionPolicy
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
-    if settings.receiver.max_message_size < 1024:
+
+
+def _validate_receiver(receiver: ReceiverSettings) -> None:
+    if receiver.max_message_size < 1024:
         raise ConfigError("setting receiver.max_message_size: at least 1024 bytes")
+    if receiver.trust not in TRUST_MODES:
+        raise ConfigError(
+            f"setting receiver.trust = {receiver.trust!r}: expected one of "
+            + ", ".join(repr(mode) for mode in TRUST_MODES))
+    if bool(receiver.tls_certificate) != bool(receiver.tls_key):
+        raise ConfigError("settings receiver.tls_certificate and receiver.tls_key: "
+                          "give both or neither")
+    if receiver.require_tls and not receiver.tls_certificate:
+        raise ConfigError("setting receiver.require_tls = true needs "
+                          "receiver.tls_certificate and receiver.tls_key")
+    # AUTH is offered only after STARTTLS (RFC 4954 section 4), so a trust
+    # that relies on it needs a certificate.
+    if receiver.trust != "networks" and not receiver.tls_certificate:
+        raise ConfigError(f"setting receiver.trust = {receiver.trust!r} needs "
+                          "receiver.tls_certificate and receiver.tls_key")
+    if receiver.timeout_seconds <= 0:
+        raise ConfigError(f"setting receiver.timeout_seconds = {receiver.timeout_seconds!r}: "
+                          "must be more than 0")
+    if receiver.shutdown_grace_seconds < 0:
+        raise ConfigError("setting receiver.shutdown_grace_seconds = "
+                          f"{receiver.shutdown_grace_seconds!r}: must not be negative")
+    if receiver.lmtp_listen:
+        parse_listen("receiver.lmtp_listen", receiver.lmtp_listen)
+        if receiver.lmtp_listen == receiver.listen:
+            raise ConfigError(f"setting receiver.lmtp_listen = {receiver.lmtp_listen!r}: "
+                              "the same address as receiver.listen")
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

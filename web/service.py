@@ -14,8 +14,9 @@ from vault.audit import seal_pending
 from vault.config import Settings, parse_listen
 from vault.control import ControlDB
 from vault.ingest import open_vault
-from vault.receiver import JournalHandler, Receiver
+from vault.receiver import JournalHandler, Receiver, server_tls_context
 from web.app import create_app
+from web.senders import JournalSenders
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,37 @@ class Service:
             self.vault, self.catalogue, settings.path(settings.catalogue.path) / "cursor",
             overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds),
         )
-        smtp_host, smtp_port = parse_listen("receiver.listen", settings.receiver.listen)
-        handler = JournalHandler(
-            self.vault,
-            settings.receiver.trusted_networks,
-            settings.receiver.max_recipients,
-            on_archived=self.follower.wake.set,
-        )
-        self.receiver = Receiver(
-            handler, smtp_host, smtp_port,
-            hostname=settings.receiver.hostname,
-            max_message_size=settings.receiver.max_message_size,
-        )
+        self.receiver = self._receiver(settings)
         self._stop = threading.Event()
+
+    def _receiver(self, settings: Settings) -> Receiver:
+        receiving = settings.receiver
+        control = ControlDB(settings.path(settings.control.database))
+        handler = JournalHandler(
+            self.vault, receiving.trusted_networks, receiving.max_recipients,
+            on_archived=self.follower.wake.set,
+            trust=receiving.trust,
+            require_tls=receiving.require_tls,
+            authenticate=JournalSenders(control).authenticate,
+            on_refused=control.record_refusal,
+        )
+        tls_context = None
+        if receiving.tls_certificate:
+            tls_context = server_tls_context(settings.path(receiving.tls_certificate),
+                                             settings.path(receiving.tls_key))
+        smtp_host, smtp_port = parse_listen("receiver.listen", receiving.listen)
+        lmtp = None
+        if receiving.lmtp_listen:
+            lmtp = parse_listen("receiver.lmtp_listen", receiving.lmtp_listen)
+        return Receiver(
+            handler, smtp_host, smtp_port,
+            hostname=receiving.hostname,
+            max_message_size=receiving.max_message_size,
+            lmtp=lmtp,
+            tls_context=tls_context,
+            timeout=receiving.timeout_seconds,
+            shutdown_grace=receiving.shutdown_grace_seconds,
+        )
 
     def _seal_audit(self) -> None:
         control = ControlDB(self.settings.path(self.settings.control.database))
