@@ -152,16 +152,20 @@ class JournalingPostfix:
     """A Postfix instance under ``root`` that journals to ``archive_port``.
 
     Use it as a context manager, or call stop() in a ``finally``: stop() is
-    safe to call at any point and more than once.
+    safe to call at any point and more than once.  ``settings`` are more
+    main.cf parameters, written after (so overriding) the defaults above:
+    TLS or SASL toward the archive, for instance.
     """
 
     def __init__(self, root: Path, archive_port: int, *,
                  journal_address: str = JOURNAL_ADDRESS,
-                 local_domain: str = LOCAL_DOMAIN) -> None:
+                 local_domain: str = LOCAL_DOMAIN,
+                 settings: dict[str, str] | None = None) -> None:
         self.root = Path(root).absolute()
         self.archive_port = archive_port
         self.journal_address = journal_address
         self.local_domain = local_domain
+        self.settings = dict(settings or {})
         self.smtpd_port = free_port()
         self.config_directory = self.root / "etc"
         self.queue_directory = self.root / "spool"
@@ -186,6 +190,7 @@ class JournalingPostfix:
             shutil.chown(self.data_directory, user="postfix")
 
         journal_domain = self.journal_address.rpartition("@")[2]
+        extra = "".join(f"{name} = {value}\n" for name, value in self.settings.items())
         (self.config_directory / "main.cf").write_text(MAIN_CF.format(
             queue_directory=self.queue_directory,
             data_directory=self.data_directory,
@@ -195,7 +200,7 @@ class JournalingPostfix:
             journal_address=self.journal_address,
             journal_domain=journal_domain,
             archive_port=self.archive_port,
-        ))
+        ) + extra)
         (self.config_directory / "master.cf").write_text(
             MASTER_CF.format(smtpd_port=self.smtpd_port)
         )
