@@ -130,10 +130,10 @@ class Vault:
         return self.store.list(RECEIPTS, after=cursor)
 
 
-def _segments_of(plaintext: bytes) -> Iterator[bytes]:
+def _segments_of(plaintext: bytes) -> Iterator[memoryview]:
     view = memoryview(plaintext)
     for start in range(0, max(len(view), 1), SEGMENT_SIZE):
-        yield bytes(view[start:start + SEGMENT_SIZE])
+        yield view[start:start + SEGMENT_SIZE]
 
 
 def read_journal_report(raw: bytes) -> JournalReport | None:

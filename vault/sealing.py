@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import secrets
 import struct
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -50,6 +51,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault import IntegrityError
 from vault.keys import KEY_BYTES, KeyProvider
+
+_contexts = threading.local()
 
 MAGIC = b"SRSEAL"
 FORMAT_VERSION = 1
@@ -82,7 +85,8 @@ def open_sealed(keys: KeyProvider, object_key: str, sealed: bytes) -> bytes:
     return b"".join(open_stream(keys, object_key, io.BytesIO(sealed)))
 
 
-def seal_stream(keys: KeyProvider, object_key: str, plaintext: Iterable[bytes], *,
+def seal_stream(keys: KeyProvider, object_key: str,
+                plaintext: Iterable[bytes | memoryview], *,
                 compression: int = COMPRESSION_ZSTD) -> Iterator[bytes]:
     """Yield the sealed form of a plaintext given as chunks of any size."""
     data_key = secrets.token_bytes(KEY_BYTES)
@@ -99,7 +103,7 @@ def seal_stream(keys: KeyProvider, object_key: str, plaintext: Iterable[bytes], 
     ))
     yield header
     cipher = AESGCM(data_key)
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = _compressor()
     associated = header + object_key.encode("utf-8")
     index = 0
     for segment, is_last in _with_last(_segments(plaintext)):
@@ -107,7 +111,8 @@ def seal_stream(keys: KeyProvider, object_key: str, plaintext: Iterable[bytes], 
         compressed = (compressor.compress(segment) if compression == COMPRESSION_ZSTD
                       else zlib.compress(segment, ZLIB_LEVEL))
         sealed = cipher.encrypt(nonce, compressed, associated)
-        yield struct.pack(">I", len(sealed)) + sealed
+        yield struct.pack(">I", len(sealed))
+        yield sealed
         index += 1
 
 
@@ -140,11 +145,28 @@ def open_stream(keys: KeyProvider, object_key: str, source: BinaryIO) -> Iterato
         index += 1
 
 
+def _compressor() -> zstandard.ZstdCompressor:
+    # A compression context holds megabytes of tables; making one per
+    # object cost more page faults than compressing a 1 MB message.  A
+    # context serves one thread at a time, so each thread keeps its own.
+    compressor: zstandard.ZstdCompressor | None = getattr(_contexts, "compressor", None)
+    if compressor is None:
+        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_contexts, "decompressor", None)
+    if decompressor is None:
+        decompressor = _contexts.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
 def _decompress(object_key: str, compression: int, compressed: bytes) -> bytes:
     # Authenticated already, but bound the output all the same.
     try:
         if compression == COMPRESSION_ZSTD:
-            return bytes(zstandard.ZstdDecompressor().decompress(
+            return bytes(_decompressor().decompress(
                 compressed, max_output_size=SEGMENT_SIZE))
         inflater = zlib.decompressobj()
         plaintext = inflater.decompress(compressed, SEGMENT_SIZE)
@@ -200,18 +222,23 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
     return data
 
 
-def _chunks(plaintext: bytes) -> Iterator[bytes]:
+def _chunks(plaintext: bytes) -> Iterator[memoryview]:
     view = memoryview(plaintext)
     for start in range(0, len(view), SEGMENT_SIZE):
-        yield bytes(view[start:start + SEGMENT_SIZE])
+        yield view[start:start + SEGMENT_SIZE]
 
 
-def _segments(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def _segments(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
     # Re-cut chunks of any size into segments of exactly SEGMENT_SIZE (the
-    # last may be shorter; an empty plaintext is one empty segment).
+    # last may be shorter; an empty plaintext is one empty segment).  A
+    # chunk that already is one segment passes through without a copy.
     buffer = bytearray()
     produced = False
     for chunk in chunks:
+        if not buffer and len(chunk) == SEGMENT_SIZE:
+            yield chunk
+            produced = True
+            continue
         buffer += chunk
         while len(buffer) >= SEGMENT_SIZE:
             yield bytes(buffer[:SEGMENT_SIZE])
@@ -221,7 +248,9 @@ def _segments(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def _with_last(segments: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
+def _with_last(
+    segments: Iterator[bytes | memoryview],
+) -> Iterator[tuple[bytes | memoryview, bool]]:
     previous = next(segments)
     for segment in segments:
         yield previous, False
