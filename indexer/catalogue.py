@@ -16,12 +16,13 @@ from pathlib import Path
 
 from whoosh import highlight, index
 from whoosh.analysis import StandardAnalyzer
-from whoosh.fields import DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT, Schema
-from whoosh.qparser import MultifieldParser
-from whoosh.query import Every, Or, Prefix, Query, Term, Wildcard
+from whoosh.fields import BOOLEAN, DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT, Schema
+from whoosh import query as whoosh_query
+from whoosh.query import Every, Or, Prefix, Query, Term
 from whoosh.searching import Searcher
 
 from indexer import QueryError
+from indexer import query as query_tree
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,10 @@ SCHEMA = Schema(
     cc=TEXT(stored=True, analyzer=_analyzer()),
     body=TEXT(analyzer=_analyzer()),
     preview=STORED,
+    bcc=TEXT(analyzer=_analyzer()),
     attachment=TEXT(stored=True, analyzer=_analyzer()),
+    filename=TEXT(analyzer=_analyzer()),
+    has_attachment=BOOLEAN,
     message_id=ID(stored=True),
     date=DATETIME(stored=True, sortable=True),
     size=NUMERIC(stored=True),
@@ -56,25 +60,72 @@ SCHEMA = Schema(
 )
 
 
-# What a query may name: the user-facing fields only, never owners, ids or
-# stored-only fields.  An unknown prefix is searched as words.
-QUERY_SCHEMA = Schema(**{name: SCHEMA[name] for name in (*SEARCH_FIELDS, "date")})
 MAX_WILDCARDS = 8
 
 
-def check_cost(query: Query) -> None:
-    """Refuse wildcard patterns that would scan the whole term list.
+def compile_query(node: query_tree.Node) -> Query:
+    """Compile the archive's query tree for Whoosh.
 
-    A pattern with a leading ``*`` or ``?`` must test every word in the
-    archive; a few dozen of them in one query kept a server busy for
-    minutes.  Trailing wildcards (``invoic*``) stay.
+    Words are analysed exactly as the field analysed them at indexing, so
+    "KESTREL-7f" becomes the phrase of its two words.  Dates reach Whoosh
+    as naive UTC, the only form it keeps (case B22).
     """
-    patterns = [leaf for leaf in query.leaves() if isinstance(leaf, (Wildcard, Prefix))]
-    if len({leaf.text for leaf in patterns}) > MAX_WILDCARDS:
+    prefixes = {leaf.text for leaf in _leaves(node)
+                if isinstance(leaf, query_tree.Text) and leaf.prefix}
+    if len(prefixes) > MAX_WILDCARDS:
         raise QueryError(f"a query may use at most {MAX_WILDCARDS} wildcard words")
-    for leaf in patterns:
-        if isinstance(leaf, Wildcard) and str(leaf.text)[:1] in ("*", "?"):
-            raise QueryError("a word may not start with * or ?; put the wildcard at the end")
+    return _compile(node)
+
+
+def _compile(node: query_tree.Node) -> Query:
+    if isinstance(node, query_tree.Text):
+        fields = [node.field] if node.field else list(SEARCH_FIELDS)
+        return _one_or_any([_text(field, node) for field in fields])
+    if isinstance(node, query_tree.And):
+        return whoosh_query.And([_compile(child) for child in node.children])
+    if isinstance(node, query_tree.Or):
+        return whoosh_query.Or([_compile(child) for child in node.children])
+    if isinstance(node, query_tree.Not):
+        return whoosh_query.And([Every(), whoosh_query.Not(_compile(node.child))])
+    if isinstance(node, query_tree.DateRange):
+        return whoosh_query.DateRange("date", utc_naive(node.start), utc_naive(node.end),
+                                      endexcl=True)
+    if isinstance(node, query_tree.SizeRange):
+        top = node.maximum - 1 if node.maximum is not None else None
+        return whoosh_query.NumericRange("size", node.minimum, top)
+    if isinstance(node, query_tree.HasAttachment):
+        return Term("has_attachment", True)
+    return Every()
+
+
+def _text(field: str, node: query_tree.Text) -> Query:
+    if field == "message_id":
+        return Term("message_id", node.text.strip().strip("<>"))
+    words = [token.text for token in SCHEMA[field].analyzer(node.text)]
+    if not words:
+        return whoosh_query.NullQuery
+    if node.prefix:
+        parts: list[Query] = [Term(field, word) for word in words[:-1]]
+        return _one_or_all([*parts, Prefix(field, words[-1])])
+    if len(words) == 1:
+        return Term(field, words[0])
+    return whoosh_query.Phrase(field, words)
+
+
+def _one_or_any(queries: list[Query]) -> Query:
+    return queries[0] if len(queries) == 1 else whoosh_query.Or(queries)
+
+
+def _one_or_all(queries: list[Query]) -> Query:
+    return queries[0] if len(queries) == 1 else whoosh_query.And(queries)
+
+
+def _leaves(node: query_tree.Node) -> list[query_tree.Node]:
+    if isinstance(node, (query_tree.And, query_tree.Or)):
+        return [leaf for child in node.children for leaf in _leaves(child)]
+    if isinstance(node, query_tree.Not):
+        return _leaves(node.child)
+    return [node]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,12 +209,12 @@ class Catalogue:
             return searcher.doc_count()
 
     def search(self, text: str, *, owners: frozenset[str], page: int = 1,
-               per_page: int = 20) -> Results:
+               per_page: int = 20, zone: str = "UTC") -> Results:
         """Find documents owned by any of ``owners`` that match ``text``.
 
         Raises QueryError for a query that cannot be read.
         """
-        query = self.parse(text)
+        query = self.parse(text, zone)
         if not owners:
             return Results(0, page, per_page, [])
         owner_filter = Or([Term("owners", owner.lower()) for owner in sorted(owners)])
@@ -184,20 +235,12 @@ class Catalogue:
             return False
         return bool(set(document["owners"].split(",")) & {o.lower() for o in owners})
 
-    def parse(self, text: str) -> Query:
-        """Compile the user's query text for Whoosh."""
-        text = (text or "").strip()
-        if not text or text == "*":
-            return Every()
-        if len(text) > 2000:
-            raise QueryError("the query is longer than 2000 characters")
-        parser = MultifieldParser(list(SEARCH_FIELDS), QUERY_SCHEMA)
-        try:
-            query = parser.parse(text)
-        except Exception:
-            raise QueryError("cannot read the query; check its quotes and brackets") from None
-        check_cost(query)
-        return query
+    def parse(self, text: str, zone: str = "UTC") -> Query:
+        """Parse the archive's query language and compile it for Whoosh.
+
+        Raises QueryError, saying what could not be read.
+        """
+        return compile_query(query_tree.parse(text, zone=zone))
 
 
 class _SentinelFormatter(highlight.Formatter):

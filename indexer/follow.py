@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 import os
 import threading
 from pathlib import Path
 
 from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
-from indexer.extract import Extract, extract
+from indexer.extract import Extract, address_text, extract
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
 from vault.receipts import Receipt, receipt_time, time_prefix
@@ -24,6 +26,7 @@ from vault.receipts import Receipt, receipt_time, time_prefix
 log = logging.getLogger(__name__)
 
 BATCH_RECEIPTS = 500
+MAX_HEADER_BYTES = 1024 * 1024
 PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
 # How far behind its cursor the follower looks for receipts that became
 # visible late; longer than any store write takes.
@@ -174,8 +177,11 @@ class Follower:
             "cc": found.cc,
             "body": found.body,
             "preview": found.body[:SNIPPET_STORED_CHARS],
+            "bcc": bcc_header(raw),
             "attachment": " ".join(found.attachments),
-            "message_id": found.message_id,
+            "filename": " ".join(found.attachments),
+            "has_attachment": bool(found.attachments),
+            "message_id": found.message_id.strip().strip("<>"),
             "date": utc_naive(plausible_date(found, receipt)),
             "size": receipt.size,
             "receipts": [],
@@ -189,6 +195,12 @@ class Follower:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(scratch, self.cursor_path)
+
+
+def bcc_header(raw: bytes) -> str:
+    """Return the Bcc header's addresses; only the sender's copy has one."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
+    return address_text(headers, "bcc")
 
 
 def plausible_date(found: Extract, receipt: Receipt) -> dt.datetime:

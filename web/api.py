@@ -40,7 +40,8 @@ def search():
     per_page = min(_positive_int("per_page", 20), MAX_PER_PAGE)
     try:
         results = archive().catalogue.search(
-            query, owners=g.api_user.mailboxes, page=page, per_page=per_page
+            query, owners=g.api_user.mailboxes, page=page, per_page=per_page,
+            zone=request.args.get("tz", "UTC"),
         )
     except QueryError as err:
         raise BadRequest(str(err)) from None
