@@ -200,3 +200,11 @@ def test_large_message_is_shown_from_the_catalogue_not_parsed(home, monkeypatch)
     assert "This message is large" in page
     assert "START" in page and "GIANT-LINE" in page
     assert len(page) < 200_000
+
+
+def test_help_page_documents_every_field_the_parser_knows(app):
+    from indexer.query import FIELDS
+
+    page = app.test_client().get("/help").get_data(as_text=True)
+    for name in (*FIELDS, "date", "after", "before", "has", "larger", "smaller"):
+        assert f"<code>{name}:" in page, name

@@ -26,6 +26,11 @@ def home():
     return redirect(url_for("portal.search"))
 
 
+@portal.get("/help")
+def search_help():
+    return render_template("help.html")
+
+
 @portal.route("/login", methods=["GET", "POST"])
 def login():
     if current_user.is_authenticated:
