@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import CASES
-from tests.harness import RawSMTP
+from tests.harness import ArchiveServer, RawSMTP, free_port
 from tests.transcript import replay
 from vault import StoreError
 from vault.ingest import Vault
@@ -354,6 +354,23 @@ def test_lmtp_listener_refuses_ehlo(receiver):
     server = receiver(lmtp=True)
     with RawSMTP(server.lmtp_port) as client:
         assert client.command("EHLO mta.example.com")[0] == 500
+
+
+def test_serve_listens_for_lmtp_when_configured(tmp_path):
+    server = ArchiveServer(tmp_path / "home")
+    server.init()
+    lmtp_port = free_port()
+    server.configure("receiver", f'lmtp_listen = "127.0.0.1:{lmtp_port}"')
+    token = server.add_user("bob@example.com")
+    raw = b"From: alice@example.com\r\nTo: bob@example.com\r\n\r\nby lmtp kittiwake\r\n"
+    server.start()
+    try:
+        replies = lmtp_transaction(lmtp_port, ["bob@example.com"], raw)
+        assert [code for code, _ in replies] == [250]
+        found = server.wait_for(token, "kittiwake")
+        assert server.raw(token, found["results"][0]["id"]) == (200, raw)
+    finally:
+        server.stop()
 
 
 def is_refusing_connections(port: int) -> bool:

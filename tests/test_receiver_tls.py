@@ -28,7 +28,8 @@ from vault.control import ControlDB
 from vault.ingest import Vault
 from vault.keys import LocalKeyFile
 from vault.ownership import OwnershipRules
-from vault.receiver import JournalHandler, Receiver, server_tls_context
+from vault.receiver import JournalHandler, Receiver
+from vault.transport import server_tls_context
 from vault.store import LocalWormStore
 from web.senders import JournalSenders
 

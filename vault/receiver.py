@@ -23,34 +23,25 @@ import re
 import ssl
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import (
-    SMTP, AuthResult, Envelope as SMTPEnvelope, LoginPassword, Session,
-)
+from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, LoginPassword, Session
 
-from vault import ConfigError
 from vault.ingest import Vault
 from vault.ownership import Envelope
+from vault.transport import ArchiveLMTP, ArchiveSMTP, peer_host
 
 log = logging.getLogger(__name__)
 
 OK_250 = "250 2.0.0 OK archived {receipt}"
 OK_250_LMTP = "250 2.0.0 <{recipient}> archived {receipt}"
-OK_235 = "235 2.7.0 Authentication successful"
-ERR_421_SHUTDOWN = "421 4.3.2 {host} Archive shutting down; try again later"
 ERR_451 = "451 4.3.0 Archive temporarily unable to store the message; try again later"
 ERR_451_LMTP = "451 4.3.0 <{recipient}> archive temporarily unable to store the message"
 ERR_452_RECIPIENTS = "452 4.5.3 Too many recipients"
-ERR_454_AUTH = "454 4.7.0 Temporary authentication failure; try again later"
 ERR_530_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 ERR_530_AUTH = ("530 5.7.0 Authentication required: client host {peer} must "
                 "start TLS and authenticate as a journal sender")
-ERR_535_AUTH = "535 5.7.8 Authentication credentials invalid"
 ERR_550_UNTRUSTED = "550 5.7.1 Client host {peer} is not allowed to journal to this archive"
-ERR_552_SIZE = "552 5.3.4 Message exceeds the archive's size limit of {limit} bytes"
 
 TRUST_MODES = {
     "networks": (True, False),
@@ -122,7 +113,7 @@ class JournalHandler:
     def is_trusted(self, peer: object) -> bool:
         """Tell whether the connecting peer is in a trusted network."""
         try:
-            address = ipaddress.ip_address(_peer_host(peer))
+            address = ipaddress.ip_address(peer_host(peer))
         except ValueError:
             return False
         if address.version == 6 and address.ipv4_mapped:
@@ -131,7 +122,7 @@ class JournalHandler:
 
     def refusal(self, session: Session) -> str | None:
         """Return the reply that refuses this session's mail, or None."""
-        peer = _peer_host(session.peer)
+        peer = peer_host(session.peer)
         if self.require_tls and session.ssl is None:
             return ERR_530_TLS
         if self.trusts_networks and self.is_trusted(session.peer):
@@ -157,10 +148,10 @@ class JournalHandler:
         is_valid = await loop.run_in_executor(
             self._auth_pool, self._authenticate, name, password)
         if not is_valid:
-            log.warning("%s: failed AUTH as journal sender %r", _peer_host(session.peer),
+            log.warning("%s: failed AUTH as journal sender %r", peer_host(session.peer),
                         name, extra={"event": "receiver.auth_failed"})
             return None
-        log.info("%s: authenticated as journal sender %r", _peer_host(session.peer), name,
+        log.info("%s: authenticated as journal sender %r", peer_host(session.peer), name,
                  extra={"event": "receiver.authenticated"})
         return name
 
@@ -180,7 +171,7 @@ class JournalHandler:
     ) -> str:
         refused = self.refusal(session)
         if refused is not None:
-            log.warning("%s: refused MAIL FROM <%s>: %s", _peer_host(session.peer), address,
+            log.warning("%s: refused MAIL FROM <%s>: %s", peer_host(session.peer), address,
                         refused, extra={"event": "receiver.refused"})
             await self.record_refusal(session, [], refused)
             return refused
@@ -201,7 +192,7 @@ class JournalHandler:
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: SMTPEnvelope
     ) -> str:
-        peer = _peer_host(session.peer)
+        peer = peer_host(session.peer)
         recipients = list(envelope.rcpt_tos)
         refused = self.refusal(session)
         if refused is not None:
@@ -242,7 +233,7 @@ class JournalHandler:
         there is none, the peer (as ``vault.status`` names sources).
         """
         journal = [r.lower() for r in recipients if self.vault.rules.is_journal(r)]
-        source = journal[0] if journal else _peer_host(session.peer)
+        source = journal[0] if journal else peer_host(session.peer)
         try:
             await asyncio.to_thread(self._on_refused, source, int(reply[:3]), reply)
         except Exception:
@@ -266,152 +257,6 @@ def _reply(server: SMTP, recipients: list[str], smtp_reply: str,
 def _tls_version(session: Session) -> str | None:
     ssl_object = (session.ssl or {}).get("ssl_object")
     return ssl_object.version() if ssl_object is not None else None
-
-
-def _defer_password_check(server: SMTP, session: Session, envelope: SMTPEnvelope,
-                          mechanism: str, credentials: Any) -> AuthResult:
-    # aiosmtpd calls its authenticator synchronously on the event loop; a
-    # memory-hard hash there would stall every session.  Hand the decoded
-    # credentials back unjudged; ArchiveSMTP checks them in a thread.
-    return AuthResult(success=False, handled=False, auth_data=credentials)
-
-
-class ArchiveSMTP(SMTP):
-    """aiosmtpd's SMTP as the archive needs it.
-
-    Lines are bounded by the message size, not by 1000 octets: RFC 5321
-    limits them, but real mail breaks that rule often, and refusing it
-    would lose journal copies.  The timeout bounds silence, also inside
-    DATA.  A session can be told to close for a shutdown: it answers 421
-    at once, or right after the reply to a message already in DATA.
-    """
-
-    ident = "Strongroom ESMTP"
-
-    def __init__(
-        self, handler: JournalHandler, *, max_message_size: int,
-        hostname: str, on_closed: Callable[[ArchiveSMTP], None] = lambda _: None,
-        **kwargs: Any,
-    ) -> None:
-        self.line_length_limit = max_message_size
-        self.is_in_data = False
-        self.is_closing = False
-        self._on_closed = on_closed
-        size_refusal = ERR_552_SIZE.format(limit=max_message_size)
-        # A line longer than the size limit makes the message too big too.
-        self._stock_replies = {
-            "552 Error: message size exceeds fixed maximum message size": size_refusal,
-            "552 Error: Too much mail data": size_refusal,
-            "500 Line too long (see RFC5321 4.5.3.1.6)": size_refusal,
-        }
-        super().__init__(
-            handler,
-            data_size_limit=max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=hostname,
-            auth_require_tls=True,
-            authenticator=_defer_password_check,
-            auth_exclude_mechanism=() if handler.trusts_auth else ("PLAIN", "LOGIN"),
-            **kwargs,
-        )
-
-    async def push(self, status: AnyStr) -> None:
-        # Give aiosmtpd's size refusals enhanced codes (RFC 3463) and the
-        # limit, and count them: a sender bounces what we refuse.
-        if not isinstance(status, str) or status not in self._stock_replies:
-            await super().push(status)
-            return
-        assert self.session is not None and isinstance(self.event_handler, JournalHandler)
-        await self.event_handler.record_refusal(self.session, [], self._stock_replies[status])
-        await super().push(self._stock_replies[status])
-
-    def data_received(self, data: bytes) -> None:
-        # aiosmtpd restarts its timer on each command only; inside DATA
-        # restart it on every chunk, so the timeout bounds a silence rather
-        # than the whole message (RFC 5321 section 4.5.3.2.6).
-        if self.is_in_data:
-            self._reset_timeout()
-        super().data_received(data)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        self.is_in_data = True
-        try:
-            await super().smtp_DATA(arg)
-        finally:
-            self.is_in_data = False
-        if self.is_closing:
-            self.say_goodbye()
-
-    async def auth_PLAIN(self, _: object, args: list[str]) -> AuthResult:
-        return await self._check_credentials(await super().auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _: object, args: list[str]) -> AuthResult:
-        return await self._check_credentials(await super().auth_LOGIN(_, args))
-
-    async def _check_credentials(self, result: AuthResult) -> AuthResult:
-        credentials = result.auth_data
-        if result.handled or not isinstance(credentials, LoginPassword):
-            return result
-        assert self.session is not None
-        assert isinstance(self.event_handler, JournalHandler)
-        try:
-            name = await self.event_handler.authenticate(self.session, credentials)
-        except Exception:
-            log.exception("%s: could not check a journal sender's password",
-                          _peer_host(self.session.peer),
-                          extra={"event": "receiver.auth_unavailable"})
-            return AuthResult(success=False, handled=False, message=ERR_454_AUTH)
-        if name is None:
-            return AuthResult(success=False, handled=False, message=ERR_535_AUTH)
-        # Record the sender's name and nothing else: aiosmtpd's success
-        # path would keep the credentials in the session.
-        self.session.authenticated = True
-        # aiosmtpd annotates auth_data as None, but documents it as free.
-        self.session.auth_data = name  # type: ignore[assignment]
-        await self.push(OK_235)
-        return AuthResult(success=False, handled=True)
-
-    def close_for_shutdown(self) -> None:
-        """Answer 421 and close now, or after the reply to DATA in progress."""
-        self.is_closing = True
-        if not self.is_in_data:
-            self.say_goodbye()
-
-    def say_goodbye(self) -> None:
-        """Send 421 and close the connection (RFC 5321 section 3.8)."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        assert isinstance(self.transport, asyncio.WriteTransport)
-        self.transport.write(ERR_421_SHUTDOWN.format(host=self.hostname).encode() + b"\r\n")
-        self.transport.close()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._on_closed(self)
-        super().connection_lost(error)
-
-
-class ArchiveLMTP(ArchiveSMTP, LMTP):
-    """The archive's session over LMTP: LHLO, and one reply per recipient."""
-
-    ident = "Strongroom LMTP"
-
-
-def server_tls_context(certificate: Path, key: Path) -> ssl.SSLContext:
-    """Load the receiver's certificate and key for STARTTLS.
-
-    Raises ConfigError naming the files when they cannot be used.
-    """
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certificate, key)
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(
-            f"settings receiver.tls_certificate and receiver.tls_key: cannot use "
-            f"{certificate} with {key}: {err}"
-        ) from None
-    return context
 
 
 class Receiver:
@@ -523,6 +368,8 @@ class Receiver:
         try:
             self._loop.run_until_complete(self._listen())
         except OSError as err:
+            for server in self._servers:
+                server.close()
             self._error = err
             self._ready.set()
             return
@@ -531,9 +378,3 @@ class Receiver:
         # Archiving threads still running finish before the loop closes.
         self._loop.run_until_complete(self._loop.shutdown_default_executor())
         self._loop.close()
-
-
-def _peer_host(peer: object) -> str:
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return str(peer)

@@ -14,7 +14,8 @@ from vault.audit import seal_pending
 from vault.config import Settings, parse_listen
 from vault.control import ControlDB
 from vault.ingest import open_vault
-from vault.receiver import JournalHandler, Receiver, server_tls_context
+from vault.receiver import JournalHandler, Receiver
+from vault.transport import server_tls_context
 from web.app import create_app
 from web.senders import JournalSenders
 
