@@ -3,15 +3,20 @@
 Malformed mail is data, not an error: every step that can fail on hostile
 or broken input falls back to a more lenient reading and records a defect,
 and extraction as a whole never raises for bad mail.
+
+What goes where: ``body`` holds the message's own text and HTML parts and
+those of the messages nested in it (``message/rfc822``), each nested
+message introduced by its From, To, Cc, Subject and Date; ``attachments``
+holds the decoded names of attached files, including the files inside zip
+archives and TNEF ``winmail.dat`` and nested messages' attachments;
+``attachment_text`` holds the text read from those files, within the
+bounds of :mod:`indexer.extraction`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 import datetime as dt
-import codecs
-import html
 import logging
 import mimetypes
 import re
@@ -21,14 +26,27 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 
-import nh3
-
+from indexer.extraction.attachments import AttachmentReader
+from indexer.extraction.charsets import decode_body, decode_text
+from indexer.extraction.documents import calendar_text, html_to_text
+from indexer.extraction.formats import BY_CONTENT_TYPE, TEXT_KINDS
+from indexer.extraction.reading import DEFAULT_LIMITS, PARTIAL, Limits, TextBuffer
+from indexer.extraction.sandbox import Sandbox, shared_sandbox
+from indexer.extraction.transfer import decode_base64, part_payload
 from vault.ownership import parse_addresses
+
+__all__ = ["Extract", "extract", "header_text", "decode_words", "decode_text",
+           "decode_base64", "html_to_text", "PARTIAL"]
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 2_000_000
 MAX_PARTS = 500
+# Headers of a nested message that are indexed with its body, the lines
+# a reader sees at the top of a forwarded message.
+NESTED_HEADERS = ("from", "to", "cc", "subject", "date")
+ADDRESS_HEADERS = {"from", "to", "cc"}
+NESTED_MESSAGE_TYPES = {"message/rfc822", "message/global"}
 
 
 @dataclasses.dataclass
@@ -44,47 +62,55 @@ class Extract:
     body: str = ""
     attachments: list[str] = dataclasses.field(default_factory=list)
     defects: list[str] = dataclasses.field(default_factory=list)
+    attachment_text: str = ""
 
 
-def extract(raw: bytes) -> Extract:
-    """Read ``raw`` as far as it can be read; never raises for bad mail."""
+def extract(raw: bytes, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None,
+            *, read_attachments: bool = True) -> Extract:
+    """Read ``raw`` as far as it can be read; never raises for bad mail.
+
+    ``read_attachments=False`` skips the text of attachments (their names
+    are still listed), for callers that only display a message.
+    """
     result = Extract()
     try:
-        return _extract(raw, result)
+        attachments = None
+        if read_attachments:
+            attachments = AttachmentReader(limits, sandbox or shared_sandbox())
+        return _extract(raw, result, limits, attachments)
     except Exception as err:
         # Whatever was read before the failure is kept; the rest of the
         # message is indexed as raw text so its words are still found.
         log.warning("extraction stopped early: %r", err,
                     extra={"event": "extract.failed"})
-        result.defects.append(f"extraction stopped early: {type(err).__name__}")
+        result.defects.append(
+            f"{PARTIAL} extraction stopped early: {type(err).__name__}")
         if not result.body:
             result.body = raw.decode("utf-8", "replace")[:MAX_TEXT_CHARS]
         return result
 
 
-def _extract(raw: bytes, result: Extract) -> Extract:
+def _extract(raw: bytes, result: Extract, limits: Limits,
+             attachments: AttachmentReader | None) -> Extract:
     try:
         message = BytesParser(policy=policy.compat32).parsebytes(raw)
     except RecursionError:
         # The feed parser descends once per nested multipart; mail nested
         # deeper than the stack is read for its headers and raw text.
-        result.defects.append("MIME nesting too deep; body indexed as raw text")
+        result.defects.append(
+            f"{PARTIAL} MIME nesting too deep; body indexed as raw text")
         _read_headers(BytesHeaderParser(policy=policy.compat32).parsebytes(raw), result)
         result.body = raw.decode("utf-8", "replace")[:MAX_TEXT_CHARS]
         return result
     _read_headers(message, result)
     result.defects.extend(type(defect).__name__ for defect in message.defects)
-
-    texts: list[str] = []
-    for index, part in enumerate(leaf_parts(message)):
-        if index >= MAX_PARTS:
-            result.defects.append(f"more than {MAX_PARTS} parts; rest not indexed")
-            break
-        try:
-            _read_part(part, index, texts, result)
-        except Exception as err:
-            result.defects.append(f"part {index} unreadable: {type(err).__name__}")
-    result.body = "\n".join(texts)[:MAX_TEXT_CHARS]
+    reader = _MessageReader(result, limits, attachments)
+    reader.read(message)
+    result.body = reader.body.text()
+    if reader.body.is_full:
+        result.defects.append(f"{PARTIAL} body text cut at {MAX_TEXT_CHARS} characters")
+    if attachments is not None:
+        result.attachment_text = attachments.text.text()
     return result
 
 
@@ -97,33 +123,134 @@ def _read_headers(message: Message, result: Extract) -> None:
     result.date = header_date(message, result.defects)
 
 
-def leaf_parts(message: Message) -> Iterator[Message]:
-    """Yield the non-multipart parts depth first, without recursion.
+class _MessageReader:
+    """Walk one message's parts and sort their text into the extract."""
 
-    ``Message.walk`` recurses once per level, and hostile mail nests
-    deeper than Python's stack allows.
+    def __init__(self, result: Extract, limits: Limits,
+                 attachments: AttachmentReader | None) -> None:
+        self.result = result
+        self.limits = limits
+        self.attachments = attachments
+        self.body = TextBuffer(MAX_TEXT_CHARS)
+        self.leaves = 0
+
+    def read(self, message: Message) -> None:
+        """Read every part depth first, without recursion.
+
+        ``Message.walk`` recurses once per level, and hostile mail nests
+        deeper than Python's stack allows.  ``depth`` counts nested
+        messages, not multiparts.
+        """
+        pending = [(message, 0)]
+        while pending:
+            part, depth = pending.pop()
+            if part.get_content_type() in NESTED_MESSAGE_TYPES:
+                pending.extend(self._open_nested(part, depth))
+            elif part.is_multipart():
+                children = [c for c in part.get_payload() if isinstance(c, Message)]
+                pending.extend((child, depth) for child in reversed(children))
+            elif self.leaves >= MAX_PARTS:
+                self.result.defects.append(
+                    f"{PARTIAL} more than {MAX_PARTS} parts; rest not indexed")
+                return
+            else:
+                self._read_leaf(part)
+
+    def _open_nested(self, part: Message, depth: int) -> list[tuple[Message, int]]:
+        filename = part_filename(part, self.result.defects)
+        if filename:
+            self.result.attachments.append(filename)
+        if depth >= self.limits.message_depth:
+            self.result.defects.append(f"{PARTIAL} messages nested more than "
+                                       f"{self.limits.message_depth} deep not read")
+            return []
+        try:
+            inner = nested_message(part)
+        except Exception as err:
+            self.result.defects.append(
+                f"{PARTIAL} nested message unreadable ({type(err).__name__})")
+            return []
+        if inner is None:
+            return []
+        self.body.add(nested_header_text(inner))
+        return [(inner, depth + 1)]
+
+    def _read_leaf(self, part: Message) -> None:
+        self.leaves += 1
+        try:
+            self._sort_leaf(part)
+        except Exception as err:
+            self.result.defects.append(
+                f"{PARTIAL} part {self.leaves}: unreadable ({type(err).__name__})")
+
+    def _sort_leaf(self, part: Message) -> None:
+        filename = part_filename(part, self.result.defects)
+        disposition = header_text(part, "content-disposition").split(";")[0]
+        disposition = disposition.strip().lower()
+        content_type = part.get_content_type()
+        if not filename and disposition != "attachment":
+            if content_type in ("text/plain", "text/html", "text/calendar"):
+                self.body.add(_body_text(part, content_type, self.result.defects))
+                return
+            if not _is_document_type(content_type):
+                return
+        name = filename or fallback_filename(part, self.leaves - 1)
+        self.result.attachments.append(name)
+        self._read_attachment(part, name, content_type)
+
+    def _read_attachment(self, part: Message, name: str, content_type: str) -> None:
+        if self.attachments is None:
+            return
+        data = part_payload(part, self.result.defects, self.limits.part_bytes, name)
+        if data is None:
+            return
+        charset = part.get_content_charset()
+        reading = self.attachments.read(name, content_type, data, charset)
+        self.result.attachments.extend(reading.names)
+        self.result.defects.extend(reading.defects)
+
+
+def _is_document_type(content_type: str) -> bool:
+    # An unnamed inline part is an attachment only when its declared type
+    # is one we can read (an inline PDF); inline images stay unnamed.
+    return BY_CONTENT_TYPE.get(content_type, "text") not in TEXT_KINDS
+
+
+def _body_text(part: Message, content_type: str, defects: list[str]) -> str:
+    text = part_text(part, defects)
+    if content_type == "text/html":
+        return html_to_text(text)
+    if content_type == "text/calendar":
+        return calendar_text(text)
+    return text
+
+
+def nested_message(part: Message) -> Message | None:
+    """Return the message inside a ``message/rfc822`` part, or None.
+
+    RFC 2046 section 5.2.1 allows only 7bit, 8bit or binary here, but
+    real mail base64-encodes attached messages; the parser then sees one
+    headerless blob, which is decoded and parsed again.
     """
-    pending = [message]
-    while pending:
-        part = pending.pop()
-        if part.is_multipart():
-            children = part.get_payload()
-            pending.extend(reversed([c for c in children if isinstance(c, Message)]))
-        else:
-            yield part
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    if not isinstance(inner, Message):
+        return None
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if encoding == "base64" and not inner.keys():
+        blob = str(inner.get_payload()).encode("ascii", "surrogateescape")
+        return BytesParser(policy=policy.compat32).parsebytes(decode_base64(blob))
+    return inner
 
 
-def _read_part(part: Message, index: int, texts: list[str], result: Extract) -> None:
-    filename = part_filename(part, result.defects)
-    disposition = header_text(part, "content-disposition").split(";")[0].strip().lower()
-    content_type = part.get_content_type()
-    if filename or disposition == "attachment":
-        result.attachments.append(filename or fallback_filename(part, index))
-        return
-    if content_type == "text/plain":
-        texts.append(part_text(part, result.defects))
-    elif content_type == "text/html":
-        texts.append(html_to_text(part_text(part, result.defects)))
+def nested_header_text(message: Message) -> str:
+    """Return a nested message's headers as a reader sees them, one a line."""
+    lines = []
+    for name in NESTED_HEADERS:
+        if message.get(name) is not None:
+            read = address_text if name in ADDRESS_HEADERS else header_text
+            lines.append(f"{name.title()}: {read(message, name)}")
+    return "\n".join(lines)
 
 
 def header_text(message: Message, name: str) -> str:
@@ -164,50 +291,6 @@ def decode_words(text: str) -> str:
         else:
             pieces.append(decode_text(chunk, charset))
     return "".join(pieces)
-
-
-def _codec_name(label: str) -> str:
-    return codecs.lookup(label).name
-
-
-# Mail labels text with a charset that its sender's software treated as a
-# superset; decoding by the superset reads what the sender meant (the same
-# mapping browsers apply, WHATWG Encoding Standard).
-_SUPERSETS = {
-    _codec_name(label): superset
-    for label, superset in {
-        "gb2312": "gb18030", "gbk": "gb18030", "iso-8859-1": "windows-1252",
-        "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "shift_jis": "cp932",
-        "tis-620": "cp874", "iso-8859-9": "cp1254", "iso-8859-11": "cp874",
-    }.items()
-}
-
-
-def decode_text(raw: bytes, charset: str | None) -> str:
-    """Decode bytes by their declared charset, tolerating lies and gaps.
-
-    An undeclared or unknown charset means UTF-8, else Windows-1252: raw
-    8-bit headers are UTF-8 in modern mail (RFC 6532) and mostly Latin-1
-    in older mail.  A declared charset that fails on a few bytes still
-    decodes the rest by that charset, with the bad bytes replaced.
-    """
-    codec = None
-    if charset and charset.lower() != "unknown-8bit":
-        try:
-            codec = _SUPERSETS.get(_codec_name(charset), _codec_name(charset))
-        except LookupError:
-            codec = None
-    for candidate in filter(None, (codec, "utf-8")):
-        try:
-            return raw.decode(candidate)
-        except (UnicodeError, LookupError):
-            continue
-    try:
-        return raw.decode(codec or "windows-1252", "replace")
-    except (UnicodeError, LookupError):
-        # Codecs such as punycode or idna are not text charsets at all
-        # and can fail even with errors="replace".
-        return raw.decode("windows-1252", "replace")
 
 
 def address_text(message: Message, name: str) -> str:
@@ -284,27 +367,15 @@ def _filename_from_8bit_headers(part: Message) -> str:
     return str(decoded.get_filename() or decoded.get_param("name") or "")
 
 
-def _rfc2231_value(value: tuple) -> str:
+def _rfc2231_value(value: tuple[str | None, str | None, str]) -> str:
     charset, _, text = value
     try:
         return text.encode("latin-1", "surrogateescape").decode(charset or "us-ascii")
     except (LookupError, UnicodeError):
-        return text
+        return str(text)
 
 
 def part_text(part: Message, defects: list[str]) -> str:
-    """Decode a text part's body by its charset, tolerating lies and gaps."""
-    try:
-        payload = part.get_payload(decode=True) or b""
-    except Exception:
-        defects.append("undecodable transfer encoding")
-        payload = str(part.get_payload()).encode("utf-8", "replace")
-    if not isinstance(payload, bytes):
-        payload = str(payload).encode("utf-8", "replace")
-    return decode_text(payload, part.get_content_charset())
-
-
-def html_to_text(markup: str) -> str:
-    """Return the readable text of an HTML body (scripts and styles dropped)."""
-    stripped = nh3.clean(markup, tags=set(), attributes={}, strip_comments=True)
-    return html.unescape(stripped)
+    """Decode a text part by its charset, detecting it when it is wrong or missing."""
+    payload = part_payload(part, defects) or b""
+    return decode_body(payload, part.get_content_charset())
