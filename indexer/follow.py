@@ -178,7 +178,8 @@ class Follower:
             "body": found.body,
             "preview": found.body[:SNIPPET_STORED_CHARS],
             "bcc": bcc_header(raw),
-            "attachment": " ".join(found.attachments),
+            # attachment: finds names and text; filename: names only.
+            "attachment": " ".join(found.attachments) + "\n" + found.attachment_text,
             "filename": " ".join(found.attachments),
             "has_attachment": bool(found.attachments),
             "message_id": found.message_id.strip().strip("<>"),

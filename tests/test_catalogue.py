@@ -45,7 +45,7 @@ def test_b09_broken_parameter_is_archived_searchable_and_recorded(vault, catalog
     results = catalogue.search("PELICAN-B09", owners=BOB)
     assert results.total == 1
     document = catalogue.document(results.hits[0].id)
-    assert document["attachment"] == "part-2.pdf"
+    assert document["filename"] == "part-2.pdf"
     assert "content-type parameter name has no value" in document["defects"]
     assert vault.read_message(receipt.message_key) == (CASES / "B09.eml").read_bytes()
 
@@ -159,3 +159,30 @@ def test_queries_name_user_fields_only_and_cannot_scan_everything(vault, catalog
     for query in ("*VOCET", "?VOCET", " OR ".join(f"w{n}*" for n in range(9))):
         with pytest.raises(QueryError):
             catalogue.search(query, owners=BOB)
+
+
+def test_words_inside_an_attachment_are_found_with_attachment_not_filename(vault, catalogue, follower):
+    import io
+
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("The merger code name is CORMORANT-44.")
+    buffer = io.BytesIO()
+    document.save(buffer)
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = "alice@example.com"
+    message["To"] = "bob@example.com"
+    message["Subject"] = "plans"
+    message.set_content("See the attached plan.")
+    message.add_attachment(buffer.getvalue(), maintype="application",
+                           subtype="vnd.openxmlformats-officedocument.wordprocessingml.document",
+                           filename="plan.docx")
+    vault.archive(message.as_bytes(), Envelope("alice@example.com", ("bob@example.com",)))
+    follower.catch_up()
+    assert catalogue.search("attachment:CORMORANT-44", owners=BOB).total == 1
+    assert catalogue.search("CORMORANT-44", owners=BOB).total == 1
+    assert catalogue.search("filename:CORMORANT-44", owners=BOB).total == 0
+    assert catalogue.search("filename:plan.docx", owners=BOB).total == 1
