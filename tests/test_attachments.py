@@ -16,6 +16,7 @@ import pytest
 from pptx import Presentation
 
 from indexer.extract import PARTIAL, extract
+from indexer.extraction.attachments import IN_PROCESS_BYTES
 from indexer.extraction.documents import calendar_text
 from indexer.extraction.reading import Limits
 from indexer.extraction.sandbox import CallTimeoutError, Sandbox, SandboxError
@@ -197,6 +198,16 @@ def test_csv_without_a_charset_is_decoded_by_detection():
     text = "Имя,Фамилия,Город\nИван,Петров,Москва\nАнна,Сидорова,Новосибирск\n" * 3
     found = extract(message_with(("people.csv", "text/csv", text.encode("cp1251"))))
     assert "Сидорова" in found.attachment_text
+
+
+def test_large_text_attachment_is_read_in_a_worker_and_found():
+    # Cyrillic is two bytes a character in UTF-8: over the in-process size,
+    # under the per-part character cap.
+    rows = "".join(f"{n},запись {n}\n" for n in range(45_000)) + "last,КУЛИК\n"
+    assert len(rows.encode()) > IN_PROCESS_BYTES
+    found = extract(message_with(("ledger.csv", "text/csv", rows.encode())))
+    assert "КУЛИК" in found.attachment_text
+    assert partial_defects(found) == []
 
 
 INVITE = (

@@ -1,10 +1,11 @@
 """Read one message's attachments within the message's budgets.
 
-Text, HTML and calendar attachments are read in the calling process:
-their readers are linear in the (size-capped) input, and a round trip
-to a worker would cost more than reading them.  Every other format goes
-to a :class:`~indexer.extraction.sandbox.Sandbox` worker under the part's
-deadline, which is also cut to what is left of the message's.
+Text, HTML and calendar attachments up to ``IN_PROCESS_BYTES`` are read
+in the calling process: their readers are linear in the input, and such
+a part takes about a millisecond, while a round trip to a worker adds
+0.6 ms (median, 1.1 ms p95) measured on a 2-core host.  Every other part
+goes to a :class:`~indexer.extraction.sandbox.Sandbox` worker under the
+part's deadline, which is also cut to what is left of the message's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from indexer.extraction.sandbox import (
     SandboxError,
     WorkerLostError,
 )
+
+# Larger text parts still read in linear time, but HTML entity decoding
+# runs at about 10 MB/s on dense markup: beyond this size they too get a
+# deadline.
+IN_PROCESS_BYTES = 1024 * 1024
 
 
 class AttachmentReader:
@@ -51,7 +57,7 @@ class AttachmentReader:
         return reading
 
     def _read(self, kind: str, name: str, data: bytes, charset: str | None) -> Reading:
-        if kind in TEXT_KINDS:
+        if kind in TEXT_KINDS and len(data) <= IN_PROCESS_BYTES:
             return read_part(kind, name, data, self.limits, charset)
         reading = Reading()
         left = self.deadline - self.clock()
