@@ -91,7 +91,7 @@ def message(message_id: str):
         found = Extract(subject=header_text(headers, "subject"),
                         body=document.get("preview", ""))
     else:
-        found = extract(raw)
+        found = extract(raw, read_attachments=False)
     summary = [(name, header_text(headers, name)) for name in SUMMARY_HEADERS
                if headers.get(name) is not None]
     all_headers = None
