@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 import os
 import threading
+from collections.abc import Callable
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from pathlib import Path
 
 from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
@@ -43,8 +44,10 @@ class Follower:
     """
 
     def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path,
-                 overlap: dt.timedelta = DEFAULT_OVERLAP) -> None:
+                 overlap: dt.timedelta = DEFAULT_OVERLAP,
+                 on_batch: Callable[[list[str]], None] = lambda keys: None) -> None:
         self.vault = vault
+        self.on_batch = on_batch
         self.catalogue = catalogue
         self.cursor_path = Path(cursor_path)
         self.overlap = overlap
@@ -75,6 +78,7 @@ class Follower:
             if not batch:
                 break
             self._index_batch(batch)
+            self.on_batch(batch)
             self._recent.update(batch)
             if batch[-1] > cursor:
                 self._save_cursor(batch[-1])

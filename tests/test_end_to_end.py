@@ -98,3 +98,18 @@ def test_b16_bytes_are_never_reserialised(archive_server):
     assert hashlib.sha256(downloaded).hexdigest() == (
         "36b9ae6a0701d0f343447e96b300fbdbc40303da57bf96561faa181d47daa736")
     assert hit["from"] == "Sweepstakes Alert\u2013Prize Desk <prizes@example.com>"
+
+
+def test_ingest_batches_are_audited(archive_server):
+    from tests.harness import strongroom
+
+    bob = archive_server.add_user("bob@example.com")
+    word = "egret" + secrets.token_hex(4)
+    archive_server.send(message(word), "alice@example.com", ["bob@example.com"])
+    archive_server.wait_for(bob, word)
+    deadline = time.monotonic() + 10
+    while "ingest.batch" not in (shown := strongroom(
+            "audit", "show", "--home", str(archive_server.home), "--action", "ingest.batch")):
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    assert "receipts/" in shown and '"receipts": 1' in shown

@@ -35,6 +35,7 @@ class Service:
         self.follower = Follower(
             self.vault, self.catalogue, settings.path(settings.catalogue.path) / "cursor",
             overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds),
+            on_batch=self._audit_ingest,
         )
         self.receiver = self._receiver(settings)
         self._stop = threading.Event()
@@ -67,6 +68,12 @@ class Service:
             timeout=receiving.timeout_seconds,
             shutdown_grace=receiving.shutdown_grace_seconds,
         )
+
+    def _audit_ingest(self, receipt_keys: list[str]) -> None:
+        # One audit event per indexed batch: which deliveries, not content.
+        ControlDB(self.settings.path(self.settings.control.database)).audit(
+            "follower", "ingest.batch", receipt_keys[0],
+            last=receipt_keys[-1], receipts=len(receipt_keys))
 
     def _seal_audit(self) -> None:
         control = ControlDB(self.settings.path(self.settings.control.database))
