@@ -41,7 +41,8 @@ ERR_452_RECIPIENTS = "452 4.5.3 Too many recipients"
 ERR_530_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 ERR_530_AUTH = ("530 5.7.0 Authentication required: client host {peer} must "
                 "start TLS and authenticate as a journal sender")
-ERR_550_UNTRUSTED = "550 5.7.1 Client host {peer} is not allowed to journal to this archive"
+ERR_550_UNTRUSTED = ("550 5.7.1 Client host {peer} is not allowed to journal to "
+                     "this archive")
 
 TRUST_MODES = {
     "networks": (True, False),
@@ -133,7 +134,8 @@ class JournalHandler:
             return ERR_530_AUTH.format(peer=peer)
         return ERR_550_UNTRUSTED.format(peer=peer)
 
-    async def authenticate(self, session: Session, credentials: LoginPassword) -> str | None:
+    async def authenticate(self, session: Session,
+                           credentials: LoginPassword) -> str | None:
         """Return the journal sender's name if its password is right.
 
         Raises whatever the password check raises: the caller answers 454.
@@ -215,15 +217,21 @@ class JournalHandler:
             return _reply(server, recipients, ERR_451, (
                 lambda recipient: ERR_451_LMTP.format(recipient=recipient)))
         name = receipt.key.rpartition("/")[2]
-        log.info("%s: accepted <%s> for %d recipient(s) as %s (%s, %s)", peer,
-                 delivery.mail_from, len(recipients), name, _tls_version(session) or "no TLS",
-                 f"journal sender {session.auth_data!r}" if session.authenticated
-                 else "by network",
-                 extra={"event": "receiver.accepted", "receipt": receipt.key,
-                        "tls": _tls_version(session), "sender": session.auth_data})
+        self._log_accepted(session, delivery, receipt.key)
         self.on_archived()
         return _reply(server, recipients, OK_250.format(receipt=name), (
             lambda recipient: OK_250_LMTP.format(recipient=recipient, receipt=name)))
+
+    def _log_accepted(self, session: Session, delivery: Envelope, receipt_key: str) -> None:
+        # How the copy came matters to an auditor as much as that it came.
+        tls = _tls_version(session)
+        sender = session.auth_data if session.authenticated else None
+        log.info("%s: accepted <%s> for %d recipient(s) as %s (%s, %s)",
+                 delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt_key,
+                 tls or "no TLS",
+                 f"journal sender {sender!r}" if sender else "trusted network",
+                 extra={"event": "receiver.accepted", "receipt": receipt_key,
+                        "tls": tls, "sender": sender})
 
     async def record_refusal(self, session: Session, recipients: list[str],
                              reply: str) -> None:
@@ -303,7 +311,8 @@ class Receiver:
         try:
             drained.result(timeout=self.shutdown_grace + 10)
         except Exception:
-            log.exception("receiver did not stop cleanly", extra={"event": "receiver.stop_failed"})
+            log.exception("receiver did not stop cleanly",
+                          extra={"event": "receiver.stop_failed"})
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self.handler.close()
