@@ -327,6 +327,29 @@ class JournalingPostfix:
             f"{self.log_text()}"
         )
 
+    def wait_for_status(self, queue_id: str, recipient: str, status: str,
+                        timeout: float = 30.0) -> str:
+        """Wait until the log gives ``recipient``'s copy of ``queue_id``
+        the delivery ``status`` (sent, deferred, bounced); return its reason.
+
+        Unlike wait_for_delivery this never flushes the queue. Raises
+        PostfixError with the log if ``timeout`` seconds pass.
+        """
+        line = re.compile(
+            rf"{queue_id}: to=<{re.escape(recipient)}>.*"
+            rf" status={re.escape(status)} \((.*)\)$", re.MULTILINE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = line.search(self.log_text())
+            if found:
+                return found.group(1)
+            time.sleep(0.05)
+        raise PostfixError(
+            f"{queue_id} to {recipient} was not {status} within {timeout} s:\n"
+            f"{self.log_text()}"
+        )
+
     def wait_until_empty(self, timeout: float = 30.0) -> None:
         """Wait until the queue holds no message; raise PostfixError if not."""
         deadline = time.monotonic() + timeout
