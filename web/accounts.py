@@ -24,10 +24,10 @@ ROLES = ("user", "auditor", "admin")
 MIN_PASSWORD_LENGTH = 12
 TOKEN_PREFIX = "srt_"
 
-_hasher = PasswordHasher()
+password_hasher = PasswordHasher()
 # Verifying against this keeps a sign-in for an unknown address as slow as
 # one for a known address, so timing does not reveal which accounts exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+DUMMY_HASH = password_hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -78,7 +78,7 @@ class Accounts:
                 cursor = connection.execute(
                     "INSERT INTO users (address, role, password_hash, created_at)"
                     " VALUES (?, ?, ?, ?)",
-                    (address, role, _hasher.hash(password), now().isoformat()),
+                    (address, role, password_hasher.hash(password), now().isoformat()),
                 )
                 connection.executemany(
                     "INSERT INTO mailboxes (address, user_id) VALUES (?, ?)",
@@ -114,7 +114,7 @@ class Accounts:
                 (normalise(address),),
             ).fetchone()
         try:
-            _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+            password_hasher.verify(row["password_hash"] if row else DUMMY_HASH, password)
         except (VerificationError, InvalidHashError):
             return None
         return self.get(user_id=row["id"]) if row else None

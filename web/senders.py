@@ -13,10 +13,9 @@ import sqlite3
 
 from argon2.exceptions import InvalidHashError, VerificationError
 
-# TODO(#4): web.accounts should export its hasher; we must hash as it does.
-from web.accounts import _DUMMY_HASH, _hasher, AccountError, check_password
 from vault.clock import now
 from vault.control import ControlDB
+from web.accounts import DUMMY_HASH, AccountError, check_password, password_hasher
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_senders (
@@ -49,7 +48,7 @@ class JournalSenders:
                 connection.execute(
                     "INSERT INTO journal_senders (name, password_hash, created_at)"
                     " VALUES (?, ?, ?)",
-                    (name, _hasher.hash(password), now().isoformat()),
+                    (name, password_hasher.hash(password), now().isoformat()),
                 )
         except sqlite3.IntegrityError:
             raise AccountError(f"journal sender {name!r} already exists") from None
@@ -69,7 +68,7 @@ class JournalSenders:
                 "SELECT password_hash FROM journal_senders WHERE name = ?", (name,)
             ).fetchone()
         try:
-            _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+            password_hasher.verify(row["password_hash"] if row else DUMMY_HASH, password)
         except (VerificationError, InvalidHashError):
             return False
         return row is not None

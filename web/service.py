@@ -30,6 +30,8 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Tables added since the home was made appear here (all idempotent).
+        ControlDB(settings.path(settings.control.database)).create()
         self.vault = open_vault(settings)
         self.catalogue = Catalogue(settings.path(settings.catalogue.path))
         self.follower = Follower(
