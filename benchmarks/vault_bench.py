@@ -414,7 +414,7 @@ def _sealing_operations(keys: LocalKeyFile, object_key: str, message: bytes,
     }
     # Only cutting the plaintext into segments, the copies seal makes
     # before it compresses anything; private, so timed only while present.
-    chunks = getattr(sealing_module, "_chunks", None)
+    chunks = getattr(sealing_module, "segment_views", None)
     segments = getattr(sealing_module, "_segments", None)
     if chunks is not None and segments is not None:
         operations["segmenting"] = lambda: collections.deque(

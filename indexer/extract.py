@@ -57,6 +57,7 @@ class Extract:
     sender: str = ""
     to: str = ""
     cc: str = ""
+    bcc: str = ""
     message_id: str = ""
     date: dt.datetime | None = None
     body: str = ""
@@ -119,6 +120,7 @@ def _read_headers(message: Message, result: Extract) -> None:
     result.sender = address_text(message, "from")
     result.to = address_text(message, "to")
     result.cc = address_text(message, "cc")
+    result.bcc = address_text(message, "bcc")
     result.message_id = header_text(message, "message-id").strip()
     result.date = header_date(message, result.defects)
 

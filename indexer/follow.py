@@ -14,12 +14,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 
 from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
-from indexer.extract import Extract, address_text, extract
+from indexer.extract import Extract, extract
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
 from vault.receipts import Receipt, receipt_time, time_prefix
@@ -27,7 +25,6 @@ from vault.receipts import Receipt, receipt_time, time_prefix
 log = logging.getLogger(__name__)
 
 BATCH_RECEIPTS = 500
-MAX_HEADER_BYTES = 1024 * 1024
 PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
 # How far behind its cursor the follower looks for receipts that became
 # visible late; longer than any store write takes.
@@ -181,7 +178,7 @@ class Follower:
             "cc": found.cc,
             "body": found.body,
             "preview": found.body[:SNIPPET_STORED_CHARS],
-            "bcc": bcc_header(raw),
+            "bcc": found.bcc,
             # attachment: finds names and text; filename: names only.
             "attachment": " ".join(found.attachments) + "\n" + found.attachment_text,
             "filename": " ".join(found.attachments),
@@ -200,12 +197,6 @@ class Follower:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(scratch, self.cursor_path)
-
-
-def bcc_header(raw: bytes) -> str:
-    """Return the Bcc header's addresses; only the sender's copy has one."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
-    return address_text(headers, "bcc")
 
 
 def plausible_date(found: Extract, receipt: Receipt) -> dt.datetime:

@@ -44,9 +44,10 @@ def purge(vault: Vault, control: ControlDB, holds: Holds, *, actor: str,
             naming[receipt.message_key].append(receipt.report_key)
 
     def keeps(key: str) -> str | None:
-        if holds.is_held(key) or vault.store.lock(key).legal_hold:
+        lock = vault.store.lock(key)
+        if lock.legal_hold or holds.is_held(key):
             return "held"
-        if vault.store.lock(key).is_locked(at):
+        if lock.is_locked(at):
             return "retained"
         return None
 

@@ -22,7 +22,7 @@ from vault.journal import JournalReport, unwrap
 from vault.ownership import Envelope, OwnershipRules
 from vault.receipts import RECEIPTS, Receipt, receipt_key
 from vault.retention import RetentionPolicy
-from vault.sealing import SEGMENT_SIZE, open_sealed, seal, seal_stream
+from vault.sealing import open_sealed, seal, segment_views, seal_stream
 from vault.store import LocalWormStore, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Vault:
         if self.store.exists(key):
             self.store.extend_retention(key, retain_until)
             return
-        sealed = seal_stream(self.keys, key, _segments_of(plaintext))
+        sealed = seal_stream(self.keys, key, segment_views(plaintext))
         try:
             self.store.put(key, sealed, retain_until=retain_until)
         except ObjectExistsError:
@@ -128,12 +128,6 @@ class Vault:
     def receipts_after(self, cursor: str = "") -> Iterator[str]:
         """Yield receipt keys in time order, strictly after ``cursor``."""
         return self.store.list(RECEIPTS, after=cursor)
-
-
-def _segments_of(plaintext: bytes) -> Iterator[memoryview]:
-    view = memoryview(plaintext)
-    for start in range(0, max(len(view), 1), SEGMENT_SIZE):
-        yield view[start:start + SEGMENT_SIZE]
 
 
 def read_journal_report(raw: bytes) -> JournalReport | None:

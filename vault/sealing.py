@@ -73,7 +73,7 @@ MAX_SEGMENT_CIPHERTEXT = SEGMENT_SIZE + SEGMENT_SIZE // 128 + 1024
 
 def seal(keys: KeyProvider, object_key: str, plaintext: bytes) -> bytes:
     """Return the sealed form of ``plaintext`` bound to ``object_key``."""
-    return b"".join(seal_stream(keys, object_key, _chunks(plaintext)))
+    return b"".join(seal_stream(keys, object_key, segment_views(plaintext)))
 
 
 def open_sealed(keys: KeyProvider, object_key: str, sealed: bytes) -> bytes:
@@ -222,7 +222,8 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
     return data
 
 
-def _chunks(plaintext: bytes) -> Iterator[memoryview]:
+def segment_views(plaintext: bytes) -> Iterator[memoryview]:
+    """Cut bytes into segment-sized views, without copying, for seal_stream."""
     view = memoryview(plaintext)
     for start in range(0, len(view), SEGMENT_SIZE):
         yield view[start:start + SEGMENT_SIZE]

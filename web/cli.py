@@ -65,7 +65,7 @@ def _seal_audit(home: Path) -> None:
 
     try:
         settings = load(home)
-        seal_pending(ControlDB(settings.path(settings.control.database)), open_vault(settings))
+        seal_pending(_control(settings), open_vault(settings))
     except ConfigError:
         return
     except Exception:
@@ -108,7 +108,7 @@ def _create_home(home: Path, domains: list[str], admin: str, password: str) -> N
 
     create_secret(settings.path(settings.portal.secret_key_file))
     LocalWormStore(settings.path(settings.store.path))
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     control.create()
     _accounts(settings, control).add(admin, password, role="admin")
     control.audit("strongroom-init", "home.created", str(home), domains=domains)
@@ -160,7 +160,7 @@ def user_add(arguments: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         raise ConfigError("give the password on standard input with --password-stdin")
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     user = _accounts(settings, control).add(
         arguments.address, password, role=arguments.role, aliases=tuple(arguments.alias)
     )
@@ -173,7 +173,7 @@ def user_add(arguments: argparse.Namespace) -> int:
 def token_create(arguments: argparse.Namespace) -> int:
     """Create an API token for an account and print it."""
     settings = _settings(arguments)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     token = _accounts(settings, control).create_token(arguments.address)
     control.audit("strongroom-cli", "token.created", arguments.address.lower())
     print(token)
@@ -188,7 +188,7 @@ def sender_add(arguments: argparse.Namespace) -> int:
     if not arguments.password_stdin:
         raise ConfigError("give the password on standard input with --password-stdin")
     password = sys.stdin.readline().rstrip("\r\n")
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     JournalSenders(control).add(arguments.name, password)
     control.audit("strongroom-cli", "sender.created", arguments.name)
     print(f"Created journal sender {arguments.name}")
@@ -203,7 +203,7 @@ def sender_remove(arguments: argparse.Namespace) -> int:
     from web.senders import JournalSenders
 
     settings = _settings(arguments)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     JournalSenders(control).remove(arguments.name)
     control.audit("strongroom-cli", "sender.removed", arguments.name)
     print(f"Removed journal sender {arguments.name}")
@@ -221,7 +221,7 @@ def verify(arguments: argparse.Namespace) -> int:
     catalogue = Catalogue(settings.path(settings.catalogue.path))
     report = verify_vault(vault, catalogue_ids=catalogue.ids(), sample=arguments.sample,
                           progress=_progress_bar)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     control.audit("strongroom-cli", "verify", "", messages=report.messages,
                   receipts=report.receipts, opened=report.opened, faults=len(report.faults))
     for fault in report.faults:
@@ -241,7 +241,7 @@ def keys_rotate(arguments: argparse.Namespace) -> int:
             "keys.kms_previous_key_ids")
     keys = LocalKeyFile(settings.path(settings.keys.key_file))
     key_id = keys.rotate()
-    ControlDB(settings.path(settings.control.database)).audit(
+    _control(settings).audit(
         "strongroom-cli", "keys.rotated", key_id)
     print(f"New objects are sealed under {key_id} once serve is restarted; "
           "every older key stays in the key file.")
@@ -261,7 +261,7 @@ def hold_place(arguments: argparse.Namespace) -> int:
     for message_id in catalogue.matching_ids(arguments.query):
         keys.append(f"{MESSAGES}/{message_id}")
         keys.extend((catalogue.document(message_id) or {}).get("receipts", []))
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     held = Holds(control, vault.store).place(arguments.name, arguments.query, keys,
                                              actor=arguments.actor)
     print(f"Hold {arguments.name!r} covers {held} objects "
@@ -275,7 +275,7 @@ def hold_release(arguments: argparse.Namespace) -> int:
     from vault.ingest import open_vault
 
     settings = _settings(arguments)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     cleared = Holds(control, open_vault(settings).store).release(
         arguments.name, actor=arguments.actor)
     print(f"Released {arguments.name!r}; {cleared} objects are no longer held")
@@ -291,7 +291,7 @@ def purge(arguments: argparse.Namespace) -> int:
 
     settings = _settings(arguments)
     vault = open_vault(settings)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     catalogue = Catalogue(settings.path(settings.catalogue.path))
     report = purge_vault(vault, control, Holds(control, vault.store), actor=arguments.actor,
                          dry_run=arguments.dry_run, remove_documents=catalogue.delete)
@@ -310,7 +310,7 @@ def status(arguments: argparse.Namespace) -> int:
     from vault.status import collect
 
     settings = _settings(arguments)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     sources = collect(open_vault(settings), control)
     at = now()
     print(f"{'journal source':<32} {'last hour':>18} {'last day':>20} "
@@ -337,7 +337,7 @@ def audit_verify(arguments: argparse.Namespace) -> int:
     from vault.ingest import open_vault
 
     settings = _settings(arguments)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     report = verify_chain(control, open_vault(settings))
     if report.first_break:
         print(f"BREAK {report.first_break}")
@@ -350,7 +350,7 @@ def audit_verify(arguments: argparse.Namespace) -> int:
 def audit_show(arguments: argparse.Namespace) -> int:
     """Print audit events, newest first, filtered."""
     settings = _settings(arguments)
-    control = ControlDB(settings.path(settings.control.database))
+    control = _control(settings)
     events = control.audit_events(actor=arguments.actor, action=arguments.action,
                                   since=arguments.since, limit=arguments.limit)
     for event in events:
@@ -374,6 +374,10 @@ def _operator() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
+
+
+def _control(settings: Settings) -> ControlDB:
+    return ControlDB(settings.path(settings.control.database))
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
