@@ -96,6 +96,19 @@ class ControlSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AccountSettings:
+    password_min_length: int = 12
+    password_classes: int = 1
+    password_history: int = 5
+    password_max_age_days: int = 0
+    lockout_attempts: int = 10
+    session_idle_minutes: float = 30.0
+    session_absolute_hours: float = 12.0
+    require_totp_roles: tuple[str, ...] = ()
+    totp_issuer: str = "Strongroom"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The archive's typed, frozen settings; ``home`` anchors every path."""
 
@@ -108,6 +121,7 @@ class Settings:
     catalogue: CatalogueSettings = CatalogueSettings()
     control: ControlSettings = ControlSettings()
     retention: RetentionSettings = RetentionSettings()
+    accounts: AccountSettings = AccountSettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -224,6 +238,7 @@ def validate(settings: Settings) -> None:
     from vault.retention import RetentionPolicy
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
+    _validate_accounts(settings.accounts)
 
 
 def _validate_receiver(receiver: ReceiverSettings) -> None:
@@ -283,3 +298,25 @@ def _validate_keys(keys: KeySettings) -> None:
 def _check_url(name: str, value: str) -> None:
     if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise ConfigError(f"setting {name} = {value!r}: expected an http:// or https:// URL")
+
+
+def _validate_accounts(accounts: AccountSettings) -> None:
+    for name in ("password_min_length", "lockout_attempts"):
+        if getattr(accounts, name) < 1:
+            raise ConfigError(f"setting accounts.{name} = {getattr(accounts, name)!r}: "
+                              "must be at least 1")
+    if not 1 <= accounts.password_classes <= 4:
+        raise ConfigError(f"setting accounts.password_classes = {accounts.password_classes!r}:"
+                          " expected 1 to 4")
+    for name in ("password_history", "password_max_age_days"):
+        if getattr(accounts, name) < 0:
+            raise ConfigError(f"setting accounts.{name} = {getattr(accounts, name)!r}: "
+                              "must not be negative")
+    for name in ("session_idle_minutes", "session_absolute_hours"):
+        if not getattr(accounts, name) > 0:
+            raise ConfigError(f"setting accounts.{name} = {getattr(accounts, name)!r}: "
+                              "must be more than 0")
+    for role in accounts.require_totp_roles:
+        if role not in ("user", "auditor", "admin"):
+            raise ConfigError(f"setting accounts.require_totp_roles: unknown role {role!r}; "
+                              "expected user, auditor or admin")

@@ -72,6 +72,32 @@ CREATE TABLE IF NOT EXISTS audit_chain (
     object_key TEXT NOT NULL,
     sha256     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id_sha256    TEXT PRIMARY KEY,
+    user_id      INTEGER REFERENCES users(id),
+    data         TEXT NOT NULL DEFAULT '{}',
+    created_at   TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    user_agent   TEXT NOT NULL DEFAULT '',
+    peer_hmac    TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id);
+CREATE TABLE IF NOT EXISTS password_history (
+    id            INTEGER PRIMARY KEY,
+    user_id       INTEGER NOT NULL REFERENCES users(id),
+    password_hash TEXT NOT NULL,
+    set_at        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS password_history_by_user ON password_history (user_id, id);
+CREATE TABLE IF NOT EXISTS account_state (
+    user_id             INTEGER PRIMARY KEY REFERENCES users(id),
+    password_changed_at TEXT,
+    failed_attempts     INTEGER NOT NULL DEFAULT 0,
+    locked_at           TEXT,
+    totp_secret         BLOB,
+    totp_enabled        INTEGER NOT NULL DEFAULT 0,
+    totp_last_step      INTEGER NOT NULL DEFAULT 0
+);
 """
 
 

@@ -19,6 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from vault.clock import now
 from vault.control import ControlDB
 from vault.ownership import OwnershipRules, normalise
+from web.passwords import PasswordBook, PasswordPolicy, PasswordRefused
 
 ROLES = ("user", "auditor", "admin")
 MIN_PASSWORD_LENGTH = 12
@@ -55,9 +56,11 @@ class User:
 class Accounts:
     """Create, find and authenticate users in the control database."""
 
-    def __init__(self, control: ControlDB, rules: OwnershipRules) -> None:
+    def __init__(self, control: ControlDB, rules: OwnershipRules,
+                 policy: PasswordPolicy | None = None) -> None:
         self.control = control
         self.rules = rules
+        self.policy = policy or PasswordPolicy()
 
     def add(self, address: str, password: str, role: str = "user",
             aliases: tuple[str, ...] = ()) -> User:
@@ -72,18 +75,24 @@ class Accounts:
                     f"{mailbox} is not in the archive's domains "
                     f"({', '.join(self.rules.domains) or 'none configured'})"
                 )
-        check_password(password)
+        try:
+            self.policy.check(password, address)
+        except PasswordRefused as err:
+            raise AccountError(str(err)) from None
+        password_hash = password_hasher.hash(password)
         try:
             with self.control.connect() as connection:
                 cursor = connection.execute(
                     "INSERT INTO users (address, role, password_hash, created_at)"
                     " VALUES (?, ?, ?, ?)",
-                    (address, role, password_hasher.hash(password), now().isoformat()),
+                    (address, role, password_hash, now().isoformat()),
                 )
                 connection.executemany(
                     "INSERT INTO mailboxes (address, user_id) VALUES (?, ?)",
                     [(mailbox, cursor.lastrowid) for mailbox in dict.fromkeys(mailboxes)],
                 )
+                PasswordBook(self.control, self.policy).record(
+                    connection, cursor.lastrowid, password_hash)
         except sqlite3.IntegrityError:
             raise AccountError(f"{address} or one of its aliases already has an account") from None
         user = self.get(address=address)

@@ -388,7 +388,9 @@ def _accounts(settings: Settings, control: ControlDB) -> Accounts:
     from vault.ownership import OwnershipRules
 
     rules = OwnershipRules(settings.archive.domains, settings.receiver.journal_addresses)
-    return Accounts(control, rules)
+    from web.passwords import PasswordPolicy
+
+    return Accounts(control, rules, PasswordPolicy.from_settings(settings.accounts))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -421,6 +423,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="another mailbox this user owns (repeatable)")
     sub.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
+
+    from web.account_commands import add_commands
+
+    add_commands(users, command, _operator())
 
     sub = command("verify", verify, "open every object and cross-check the archive")
     sub.add_argument("--sample", type=int, metavar="N",

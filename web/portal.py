@@ -7,11 +7,12 @@ from email.policy import compat32
 
 from flask import (Blueprint, Response, flash, redirect, render_template,
                    request, url_for)
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_required
 
 from indexer import QueryError
 from indexer.extract import Extract, extract, header_text
 from web.archive import archive, positive_int
+from web.signin import sign_in_page, sign_out
 
 portal = Blueprint("portal", __name__)
 
@@ -33,30 +34,13 @@ def search_help():
 
 @portal.route("/login", methods=["GET", "POST"])
 def login():
-    if current_user.is_authenticated:
-        return redirect(url_for("portal.search"))
-    if request.method == "POST":
-        address = request.form.get("address", "").strip()
-        password = request.form.get("password", "")
-        user = archive().accounts.authenticate(address, password)
-        if user is None:
-            archive().control.audit(address or "-", "login.failure", peer=request.remote_addr)
-            # One message for every failure, so it never tells whether
-            # the account exists.
-            flash("Sign-in failed: the address or password is wrong.")
-            return render_template("login.html", address=address), 401
-        login_user(user)
-        archive().control.audit(user.address, "login", peer=request.remote_addr)
-        return redirect(url_for("portal.search"))
-    return render_template("login.html", address="")
+    # Password, second factor, lockout and sessions: web/signin.py.
+    return sign_in_page()
 
 
 @portal.post("/logout")
-@login_required
 def logout():
-    archive().control.audit(current_user.address, "logout")
-    logout_user()
-    return redirect(url_for("portal.login"))
+    return sign_out()
 
 
 @portal.get("/search")

@@ -1,0 +1,71 @@
+"""``strongroom user unlock | signout | totp-reset``: an operator's remedies.
+
+Each acts on one account named by address, is audited under the operator
+who ran it, and prints what it did.  There is no administration page yet:
+these commands are the way to unlock an account.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vault.control import ControlDB
+from web.accounts import AccountError, User
+
+
+def user_unlock(arguments: argparse.Namespace) -> int:
+    """Unlock an account locked by failed sign-ins."""
+    from web.lockout import Lockout
+
+    control, user = _account(arguments)
+    if Lockout(control, attempts=1).unlock(user.id, user.address, arguments.actor):
+        print(f"Unlocked {user.address}")
+    else:
+        print(f"{user.address} was not locked")
+    return 0
+
+
+def user_signout(arguments: argparse.Namespace) -> int:
+    """End every portal session of an account."""
+    from web.sessions import end_user_sessions
+
+    control, user = _account(arguments)
+    ended = end_user_sessions(control, user.id)
+    control.audit(arguments.actor, "sessions.ended", user.address, sessions=ended)
+    print(f"Ended {ended} session(s) of {user.address}")
+    return 0
+
+
+def user_totp_reset(arguments: argparse.Namespace) -> int:
+    """Remove an account's second factor; it may set up a new one."""
+    from web.totp import reset_second_factor
+
+    control, user = _account(arguments)
+    if reset_second_factor(control, user.id):
+        control.audit(arguments.actor, "totp.reset", user.address)
+        print(f"Removed the second factor of {user.address}")
+    else:
+        print(f"{user.address} had no second factor")
+    return 0
+
+
+def add_commands(users: argparse._SubParsersAction, command, actor: str) -> None:
+    """Add the commands to the ``user`` group; ``command`` makes each parser."""
+    for name, function, help_text in (
+            ("unlock", user_unlock, "unlock an account locked by failed sign-ins"),
+            ("signout", user_signout, "end every portal session of an account"),
+            ("totp-reset", user_totp_reset, "remove an account's second factor")):
+        sub = command(name, function, help_text, parent=users)
+        sub.add_argument("address")
+        sub.add_argument("--actor", default=actor, help="who does it (for the audit)")
+
+
+def _account(arguments: argparse.Namespace) -> tuple[ControlDB, User]:
+    from web.cli import _accounts, _control, _settings
+
+    settings = _settings(arguments)
+    control = _control(settings)
+    user = _accounts(settings, control).get(address=arguments.address)
+    if user is None:
+        raise AccountError(f"no account for {arguments.address.strip().lower()}")
+    return control, user

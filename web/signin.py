@@ -1,0 +1,172 @@
+"""Sign-in and sign-out: password, optional code, then what must come first.
+
+A sign-in runs in up to three steps.  The password (``Lockout`` verifies
+it and counts failures); if the account has a second factor, a code on
+``/login/code`` within ``PENDING_LIMIT``; then a new server-side session
+begins.  If the password has passed its age, or the account's role must
+use a second factor it has not set up, the session carries *obligations*:
+until they are met every page redirects to the page that meets them
+(choose a password, set up TOTP), so they cannot be skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from flask import (Flask, current_app, flash, redirect, render_template, request,
+                   session, url_for)
+from flask_login import current_user, login_user, logout_user
+
+from vault import clock
+from vault.config import Settings
+from vault.control import ControlDB
+from web.accounts import Accounts, User
+from web.lockout import Lockout, audited_address
+from web.passwords import PasswordBook, PasswordPolicy
+from web.sessions import ServerSessions, end_session, start_session
+from web.totp import SecondFactor
+
+# How long a correct password waits for its second-factor code.
+PENDING_LIMIT = dt.timedelta(minutes=5)
+FAILURE_MESSAGE = "Sign-in failed: the address or password is wrong."
+OBLIGATION_PAGES = {"password": "account.password", "totp": "account.totp"}
+# Pages a session with obligations may still reach.
+OPEN_ENDPOINTS = frozenset({"static", "portal.logout", *OBLIGATION_PAGES.values()})
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountServices:
+    """Everything the sign-in and account pages work with."""
+
+    control: ControlDB
+    accounts: Accounts
+    passwords: PasswordBook
+    lockout: Lockout
+    factor: SecondFactor
+    sessions: ServerSessions
+    require_totp_roles: frozenset[str]
+
+
+def services() -> AccountServices:
+    """Return the running application's account services."""
+    return current_app.extensions["strongroom.accounts"]
+
+
+def install_accounts(app: Flask, settings: Settings, control: ControlDB,
+                     accounts: Accounts) -> None:
+    """Give ``app`` server-side sessions, the sign-in steps and account pages."""
+    from web.account_pages import account_pages
+
+    options = settings.accounts
+    policy = PasswordPolicy.from_settings(options)
+    accounts.policy = policy
+    sessions = ServerSessions(
+        control, idle=dt.timedelta(minutes=options.session_idle_minutes),
+        absolute=dt.timedelta(hours=options.session_absolute_hours),
+        peer_key=app.config["SECRET_KEY"])
+    app.session_interface = sessions
+    app.extensions["strongroom.accounts"] = AccountServices(
+        control, accounts, PasswordBook(control, policy),
+        Lockout(control, options.lockout_attempts),
+        SecondFactor(control, app.config["SECRET_KEY"], options.totp_issuer),
+        sessions, frozenset(options.require_totp_roles))
+    app.register_blueprint(account_pages)
+    app.before_request(_enforce_obligations)
+    sessions.prune()
+
+
+def sign_in_page():
+    """Show the sign-in form, or check a posted password."""
+    if current_user.is_authenticated:
+        return redirect(url_for("portal.search"))
+    if request.method != "POST":
+        return render_template("login.html", address="")
+    address = request.form.get("address", "").strip()
+    user_id = services().lockout.verify_password(address, request.form.get("password", ""))
+    user = services().accounts.get(user_id=user_id) if user_id is not None else None
+    if user is None:
+        # One message for every failure, so it never tells whether the
+        # account exists or is locked.
+        flash(FAILURE_MESSAGE)
+        return render_template("login.html", address=address), 401
+    if services().factor.is_enabled(user.id):
+        session.clear()
+        start_session()
+        session["pending"] = {"user_id": user.id, "since": clock.now().isoformat()}
+        return redirect(url_for("account.code"))
+    return complete_sign_in(user, second_factor=False)
+
+
+def pending_user() -> User | None:
+    """Return the user whose password was right and whose code is awaited."""
+    pending = session.get("pending")
+    if not isinstance(pending, dict):
+        return None
+    since = dt.datetime.fromisoformat(pending["since"])
+    if clock.now() - since > PENDING_LIMIT:
+        session.pop("pending", None)
+        return None
+    return services().accounts.get(user_id=pending["user_id"])
+
+
+def complete_sign_in(user: User, *, second_factor: bool):
+    """Start the signed-in session and send the user to their first page."""
+    account = services()
+    account.lockout.succeed(user.id)
+    session.clear()
+    start_session()
+    login_user(user)
+    obligations = []
+    if account.passwords.is_expired(user.id):
+        obligations.append("password")
+    if user.role in account.require_totp_roles and not account.factor.is_enabled(user.id):
+        obligations.append("totp")
+    if obligations:
+        session["obligations"] = obligations
+    account.control.audit(user.address, "login", peer=request.remote_addr,
+                          second_factor=second_factor, obligations=obligations)
+    return redirect(next_page())
+
+
+def meet_obligation(name: str) -> None:
+    """Mark one obligation of the signed-in session as met."""
+    remaining = [item for item in session.get("obligations", []) if item != name]
+    if remaining:
+        session["obligations"] = remaining
+    else:
+        session.pop("obligations", None)
+
+
+def next_page() -> str:
+    """Return where the signed-in user goes next: an obligation or search."""
+    obligations = session.get("obligations") or []
+    if obligations:
+        return url_for(OBLIGATION_PAGES[obligations[0]])
+    return url_for("portal.search")
+
+
+def sign_out():
+    """End the request's session for good and go back to sign-in."""
+    if current_user.is_authenticated:
+        services().control.audit(current_user.address, "logout")
+    logout_user()
+    end_session()
+    return redirect(url_for("portal.login"))
+
+
+def fail_code(user: User) -> bool:
+    """Count a wrong code; return True if the account is now locked."""
+    account = services()
+    account.lockout.fail(audited_address(user.address), user.id, "code")
+    return account.lockout.is_locked(user.id)
+
+
+def _enforce_obligations():
+    if not session.get("obligations") or request.endpoint in OPEN_ENDPOINTS:
+        return None
+    if (request.endpoint or "").startswith("api."):
+        return None
+    if not current_user.is_authenticated:
+        return None
+    return redirect(next_page())
