@@ -113,7 +113,7 @@ def password():
                           other_sessions_ended=ended)
     meet_obligation("password")
     flash("Your password is changed. Any other sessions were signed out.")
-    return redirect(next_page() if session.get("obligations") else url_for("account.overview"))
+    return redirect(next_page() if forced else url_for("account.overview"))
 
 
 @account_pages.route("/account/totp", methods=["GET", "POST"])
@@ -126,10 +126,10 @@ def totp():
     if request.method == "POST":
         if account.factor.confirm(current_user.id, request.form.get("code", "")):
             account.control.audit(current_user.address, "totp.enrolled", current_user.address)
+            forced = "totp" in (session.get("obligations") or [])
             meet_obligation("totp")
             flash("Your second factor is set up: sign-in will ask for a code.")
-            return redirect(next_page() if session.get("obligations")
-                            else url_for("account.overview"))
+            return redirect(next_page() if forced else url_for("account.overview"))
         flash("That code is not right. Check the time on your device and try the next one.")
     uri = account.factor.uri(secret, current_user.address)
     required = current_user.role in account.require_totp_roles

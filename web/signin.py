@@ -31,8 +31,9 @@ from web.totp import SecondFactor
 PENDING_LIMIT = dt.timedelta(minutes=5)
 FAILURE_MESSAGE = "Sign-in failed: the address or password is wrong."
 OBLIGATION_PAGES = {"password": "account.password", "totp": "account.totp"}
-# Pages a session with obligations may still reach.
-OPEN_ENDPOINTS = frozenset({"static", "portal.logout", *OBLIGATION_PAGES.values()})
+# Pages a session with obligations may still reach, besides the page of
+# its first obligation.
+OPEN_ENDPOINTS = frozenset({"static", "portal.logout"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +164,10 @@ def fail_code(user: User) -> bool:
 
 
 def _enforce_obligations():
-    if not session.get("obligations") or request.endpoint in OPEN_ENDPOINTS:
+    obligations = session.get("obligations")
+    if not obligations or request.endpoint in OPEN_ENDPOINTS:
+        return None
+    if request.endpoint == OBLIGATION_PAGES.get(obligations[0]):
         return None
     if (request.endpoint or "").startswith("api."):
         return None
