@@ -98,6 +98,8 @@ CREATE TABLE IF NOT EXISTS account_state (
     totp_enabled        INTEGER NOT NULL DEFAULT 0,
     totp_last_step      INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS audit_by_actor ON audit (actor, id);
+CREATE INDEX IF NOT EXISTS audit_by_target ON audit (target, id);
 """
 
 
@@ -166,3 +168,10 @@ class ControlDB:
         with self.connect() as connection:
             rows = connection.execute(query, (*parameters, limit)).fetchall()
         return [dict(row) for row in rows]
+
+    def audit_within(self, connection: sqlite3.Connection, actor: str, action: str,
+                     target: str = "", **detail: Any) -> None:
+        """Append one event inside the caller's transaction (see ``audit``)."""
+        connection.execute(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+            (now().isoformat(), actor, action, target, json.dumps(detail, sort_keys=True)))

@@ -60,11 +60,16 @@ class Lockout:
         return None
 
     def fail(self, address: str, user_id: int | None, reason: str) -> None:
-        """Audit one failed sign-in step; lock the account at the limit."""
-        self.control.audit(address or "-", "login.failure", reason=reason, peer=_peer())
-        if user_id is None:
-            return
+        """Audit one failed sign-in step; lock the account at the limit.
+
+        The audit record and the count share one transaction, so a failure
+        for an unknown address commits as often as one for a real account.
+        """
         with self.control.connect(exclusive=True) as connection:
+            self.control.audit_within(connection, address or "-", "login.failure",
+                                      reason=reason, peer=_peer())
+            if user_id is None:
+                return
             connection.execute(
                 "INSERT INTO account_state (user_id, failed_attempts) VALUES (?, 1)"
                 " ON CONFLICT (user_id) DO UPDATE SET failed_attempts = failed_attempts + 1",
@@ -72,16 +77,14 @@ class Lockout:
             row = connection.execute(
                 "SELECT failed_attempts, locked_at FROM account_state WHERE user_id = ?",
                 (user_id,)).fetchone()
-            is_locking = row["locked_at"] is None and row["failed_attempts"] >= self.attempts
-            if is_locking:
-                connection.execute(
-                    "UPDATE account_state SET locked_at = ? WHERE user_id = ?",
-                    (clock.now().isoformat(), user_id))
-        if is_locking:
-            log.warning("account %s locked after %d failed sign-ins", address,
-                        row["failed_attempts"], extra={"event": "account.locked"})
-            self.control.audit("portal", "account.locked", address,
-                               attempts=row["failed_attempts"])
+            if row["locked_at"] is not None or row["failed_attempts"] < self.attempts:
+                return
+            connection.execute("UPDATE account_state SET locked_at = ? WHERE user_id = ?",
+                               (clock.now().isoformat(), user_id))
+            self.control.audit_within(connection, "portal", "account.locked", address,
+                                      attempts=row["failed_attempts"])
+        log.warning("account %s locked after %d failed sign-ins", address,
+                    row["failed_attempts"], extra={"event": "account.locked"})
 
     def succeed(self, user_id: int) -> None:
         """Forget an account's run of failures after a complete sign-in."""
