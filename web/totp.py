@@ -125,9 +125,9 @@ def matching_step(secret: str, code: str, at: dt.datetime) -> int | None:
     """Return the time step whose code is ``code``, within the drift allowed."""
     totp = pyotp.TOTP(secret)
     current = totp.timecode(at)
-    for offset in range(-DRIFT_STEPS, DRIFT_STEPS + 1):
-        if hmac.compare_digest(totp.at(at, offset), code):
-            return current + offset
+    for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
     return None
 
 
