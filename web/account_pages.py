@@ -174,7 +174,7 @@ def _readable_detail(detail: str) -> list[tuple[str, str]]:
     if not isinstance(values, dict):
         return []
     return [(str(key), str(value)) for key, value in values.items()
-            if value not in (None, [], "")]
+            if value is not False and value not in (None, [], "")]
 
 
 @account_pages.app_template_filter("when")

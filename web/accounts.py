@@ -116,17 +116,25 @@ class Accounts:
                     frozenset(m["address"] for m in mailboxes))
 
     def authenticate(self, address: str, password: str) -> User | None:
-        """Return the user if the password is right, else None (same cost)."""
+        """Return the user if the password is right, else None (same cost).
+
+        A locked account fails too; the portal's sign-in goes through
+        ``web.lockout``, which also counts the failures.
+        """
         with self.control.connect() as connection:
             row = connection.execute(
-                "SELECT id, password_hash FROM users WHERE address = ? AND disabled = 0",
+                "SELECT u.id, u.password_hash, s.locked_at FROM users u"
+                " LEFT JOIN account_state s ON s.user_id = u.id"
+                " WHERE u.address = ? AND u.disabled = 0",
                 (normalise(address),),
             ).fetchone()
         try:
             password_hasher.verify(row["password_hash"] if row else DUMMY_HASH, password)
         except (VerificationError, InvalidHashError):
             return None
-        return self.get(user_id=row["id"]) if row else None
+        if row is None or row["locked_at"] is not None:
+            return None
+        return self.get(user_id=row["id"])
 
     def create_token(self, address: str) -> str:
         """Create an API token for a user and return it; it is shown once."""

@@ -33,6 +33,8 @@ from vault.control import ControlDB
 # write per request would serialise every page view on SQLite's lock.
 # Never more than a tenth of the idle timeout, so expiry stays accurate.
 LAST_SEEN_GRANULARITY = dt.timedelta(seconds=60)
+# How often a new session also sweeps away the expired ones.
+PRUNE_INTERVAL = dt.timedelta(minutes=15)
 MAX_USER_AGENT = 200
 
 
@@ -67,6 +69,7 @@ class ServerSessions(SessionInterface):
         self.absolute = absolute
         self.peer_key = peer_key
         self.granularity = min(LAST_SEEN_GRANULARITY, idle / 10)
+        self.pruned_at: dt.datetime | None = None
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         sid = request.cookies.get(self.get_cookie_name(app), "")
@@ -128,6 +131,8 @@ class ServerSessions(SessionInterface):
             samesite=self.get_cookie_samesite(app), path=self.get_cookie_path(app),
             domain=self.get_cookie_domain(app))
         response.vary.add("Cookie")
+        if self.pruned_at is None or clock.now() - self.pruned_at > PRUNE_INTERVAL:
+            self.prune()
 
     def _update(self, session: ServerSession, *, with_data: bool) -> None:
         assert session.sid is not None
@@ -160,7 +165,7 @@ class ServerSessions(SessionInterface):
 
     def prune(self) -> int:
         """Delete every session past its idle or absolute limit; return how many."""
-        at = clock.now()
+        at = self.pruned_at = clock.now()
         with self.control.connect() as connection:
             cursor = connection.execute(
                 "DELETE FROM sessions WHERE last_seen_at < ? OR created_at < ?",
