@@ -223,3 +223,32 @@ def test_expired_sessions_are_pruned(portal_app, fake_clock):
     fake_clock.advance(hours=13)
     with portal_app.app_context():
         assert services().sessions.prune() == 2
+
+
+def test_a_home_made_before_sessions_gains_the_tables_on_serve(tmp_path):
+    # A control database from before this feature: users without history,
+    # account state or sessions.  serve adds the tables and signs them in.
+    server = ArchiveServer(tmp_path / "home")
+    server.init()
+    strongroom("user", "add", BOB, "--home", str(server.home), "--password-stdin",
+               stdin=USER_PASSWORD + "\n")
+    with sqlite3.connect(server.home / "control.sqlite3") as connection:
+        for table in ("sessions", "password_history", "account_state"):
+            connection.execute(f"DROP TABLE {table}")
+    server.start()
+    try:
+        client = signed_in(server)
+        assert client.get("/account").status == 200
+        assert len(session_rows(server)) == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("path", ["/account/sign-out-everywhere", "/account/password",
+                                  "/account/totp", "/logout"])
+def test_account_forms_refuse_a_post_without_its_csrf_token(portal_app, path):
+    client = portal_app.test_client()
+    sign_in(client)
+    response = client.post(path, data={"current_password": "x", "code": "123456"})
+    assert response.status_code == 400
+    assert client.get("/search").status_code == 200
