@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import time
 
 import pytest
 
 from tests.harness import USER_PASSWORD, ArchiveServer, strongroom
-from tests.portal_accounts import portal_app, portal_home, sign_in  # noqa: F401
+from tests.portal_accounts import PASSWORD, portal_app, portal_home, sign_in  # noqa: F401
 from tests.portal_client import PortalClient, cookie_attributes
 
 BOB = "bob@example.com"
@@ -252,3 +253,30 @@ def test_account_forms_refuse_a_post_without_its_csrf_token(portal_app, path):
     response = client.post(path, data={"current_password": "x", "code": "123456"})
     assert response.status_code == 400
     assert client.get("/search").status_code == 200
+
+
+def test_b26_variant_parent_domain_cookie_is_expired_on_that_domain(portal_app):
+    # B26 variant: with the cookie scoped to a parent domain, sign-out must
+    # expire it on that domain, or the browser keeps the old one.
+    portal_app.config["SESSION_COOKIE_DOMAIN"] = ".archive.example.com"
+    client = portal_app.test_client()
+    site = "http://portal.archive.example.com"
+    page = client.get("/login", base_url=site).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    signed = client.post("/login", base_url=site, data={
+        "address": BOB, "password": PASSWORD, "csrf_token": token})
+    assert signed.status_code == 302
+    issued = cookie_attributes(_session_cookie(signed))
+    assert issued["domain"].lstrip(".") == "archive.example.com"
+    page = client.get("/account", base_url=site).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    out = client.post("/logout", base_url=site, data={"csrf_token": token})
+    expired = cookie_attributes(_session_cookie(out))
+    assert "1970" in expired["expires"]
+    for name in ("domain", "path", "samesite", "httponly"):
+        assert expired.get(name) == issued.get(name), name
+    assert client.get("/search", base_url=site).status_code == 302
+
+
+def _session_cookie(response) -> str:
+    return next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(COOKIE))
