@@ -12,7 +12,6 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import current_user, login_required, logout_user
 from markupsafe import Markup
 
-from vault import clock
 from web.archive import positive_int
 from web.passwords import PasswordRefused
 from web.sessions import (current_session_digest, end_session, end_user_sessions,
@@ -189,8 +188,3 @@ def when(value: str) -> str:
     if at.tzinfo is not None:
         at = at.astimezone(dt.timezone.utc)
     return at.strftime("%Y-%m-%d %H:%M UTC")
-
-
-@account_pages.app_context_processor
-def _clock():
-    return {"now_utc": clock.now}

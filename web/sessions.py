@@ -22,7 +22,7 @@ import hmac
 import secrets
 from typing import Any
 
-from flask import Flask, Request, Response, session
+from flask import Flask, Request, Response, request, session
 from flask.sessions import SessionInterface, SessionMixin, session_json_serializer
 from werkzeug.datastructures import CallbackDict
 
@@ -112,8 +112,6 @@ class ServerSessions(SessionInterface):
             self._update(session, with_data=False)
 
     def _insert(self, app: Flask, session: ServerSession, response: Response) -> None:
-        from flask import request
-
         session.sid = secrets.token_urlsafe(32)
         at = clock.now().isoformat()
         peer = hmac.new(self.peer_key, (request.remote_addr or "").encode(),
