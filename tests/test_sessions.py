@@ -120,13 +120,13 @@ def test_sign_in_starts_a_new_session_id(server):
 
 
 def test_idle_session_ends(tmp_path):
-    server = serve(tmp_path, accounts="session_idle_minutes = 0.04")  # 2.4 s
+    server = serve(tmp_path, accounts="session_idle_minutes = 0.08")  # 4.8 s
     try:
         client = signed_in(server)
-        for _ in range(4):
+        for _ in range(6):
             time.sleep(1.0)
             assert client.get("/search").status == 200  # activity keeps it alive
-        time.sleep(3.0)
+        time.sleep(6.0)
         reply = client.get("/search")
         assert reply.status == 302 and reply.location == "/login"
         assert session_rows(server) == []
