@@ -311,3 +311,21 @@ def test_bad_restore_settings_are_named(tmp_path, text, named):
     (home / "config.toml").write_text(f"[restore]\n{text}\n")
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load(home, {})
+
+
+def test_a_restore_that_waits_shows_its_progress_and_refreshes(app, dovecot):
+    # While a job cannot run yet (both worker slots taken) its page says so
+    # and asks the browser to reload it; once it ran, the page stops that.
+    restorer = app.extensions["strongroom.restore"]
+    slots = [restorer._slots.acquire(timeout=5) for _ in range(2)]
+    assert all(slots)
+    client = signed_in(app)
+    response = restore(client, ids_for(client, "from:elsewhere.net"))
+    page = client.get(response.headers["Location"])
+    assert page.headers["Refresh"] == "2"
+    text = page.get_data(as_text=True)
+    assert "0 of 4 done" in text and '<progress max="4" value="0">' in text
+    assert 'href="' + response.headers["Location"] in text
+    for _ in slots:
+        restorer._slots.release()
+    assert "4 restored" in finished(client, response)

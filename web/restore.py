@@ -230,6 +230,7 @@ class RestoreJob:
     restored: int = 0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     error: str = ""
+    server_folder: str = ""
     finished_at: dt.datetime | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
 
@@ -323,7 +324,7 @@ class Restorer:
         except (OSError, IMAPClientError) as err:
             job.error = f"The folder {job.folder} could not be created: {_reason(err)}."
             return
-        job.folder = folder
+        job.server_folder = folder
         for index, message_id in enumerate(job.message_ids):
             reason = self._restore_one(mailbox, folder, user, message_id)
             if reason is None:
@@ -369,11 +370,11 @@ class Restorer:
             "partial" if job.failures else "restored")
         failed = {message_id for message_id, _ in job.failures}
         self.archive.control.audit(
-            job.actor, "restore", job.folder, job=job.id, outcome=outcome,
+            job.actor, "restore", job.server_folder or job.folder, job=job.id, outcome=outcome,
             restored=job.restored, failed=len(job.failures), error=job.error,
             failures=[{"message": m, "reason": r} for m, r in job.failures],
             messages=[m for m in job.message_ids[:job.processed] if m not in failed],
         )
         log.info("restore %s for %s into %s: %d restored, %d failed", job.id, job.actor,
-                 job.folder, job.restored, len(job.failures),
+                 job.server_folder or job.folder, job.restored, len(job.failures),
                  extra={"event": "restore.finished"})
