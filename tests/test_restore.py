@@ -329,3 +329,32 @@ def test_a_restore_that_waits_shows_its_progress_and_refreshes(app, dovecot):
     for _ in slots:
         restorer._slots.release()
     assert "4 restored" in finished(client, response)
+
+
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+def test_restore_over_tls_verifies_the_servers_certificate(home, tmp_path, mode):
+    # The password only crosses TLS, to a server whose certificate the
+    # configured CA signed for the configured name.
+    from tests.test_receiver_tls import Certificates
+
+    require_dovecot()
+    certificates = Certificates(tmp_path / "tls")
+    server = Dovecot({"bob@example.com": BOB_IMAP}, certificate=certificates.certificate_file,
+                     key=certificates.key_file)
+    server.start()
+    try:
+        (home / "imap-ca.pem").write_bytes(certificates.ca_file.read_bytes())
+        port = server.imaps_port if mode == "implicit" else server.port
+        app = make_app(home, imap_port=port, tls=mode, ca_file="imap-ca.pem")
+        client = signed_in(app)
+        assert "1 restored" in finished(client, restore(client, ids_for(client, "undated")))
+        assert len(server.folder_messages("bob@example.com", restored_folder(server))) == 1
+
+        # Without the CA, the system's authorities do not vouch for it.
+        untrusting = make_app(home, imap_port=port, tls=mode)
+        client = signed_in(untrusting)
+        response = restore(client, ids_for(client, "undated"))
+        assert response.status_code == 502
+        assert "certificate verify failed" in response.get_data(as_text=True)
+    finally:
+        server.stop()

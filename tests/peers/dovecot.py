@@ -23,6 +23,9 @@ Layout under ``root``::
     mail/<user>/Maildir/   each user's mail (Maildir++, separator ".")
     dovecot.log            every process's log lines
 
+With ``certificate`` and ``key`` (PEM files) the instance also offers
+STARTTLS on the IMAP port and TLS from the first byte on ``imaps_port``.
+
 A master user logs in as any user either as ``user*master`` with the
 master's password, or with SASL PLAIN naming the user as authorization
 identity (RFC 4616).
@@ -49,6 +52,7 @@ from tests.harness import free_port
 
 DOVECOT = "/usr/sbin/dovecot"
 MAIL_USER = "nobody"
+DH_PARAMETERS = "/usr/share/dovecot/dh.pem"
 START_TIMEOUT = 30
 STOP_GRACE = 10
 
@@ -60,7 +64,7 @@ log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{tls}
 # Loopback only, and throw-away accounts: plain passwords without TLS.
 disable_plaintext_auth = no
 auth_mechanisms = plain login
@@ -93,7 +97,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
   }}
 }}
 """
@@ -120,10 +125,14 @@ class Dovecot:
     """
 
     def __init__(self, users: dict[str, str],
-                 masters: dict[str, str] | None = None) -> None:
+                 masters: dict[str, str] | None = None, *,
+                 certificate: Path | None = None, key: Path | None = None) -> None:
         self.users = dict(users)
         self.masters = dict(masters or {})
+        self.certificate = certificate
+        self.key = key
         self.port = free_port()
+        self.imaps_port = free_port() if certificate else 0
         self.host = "127.0.0.1"
         self.root: Path | None = None
         self.process: subprocess.Popen | None = None
@@ -146,8 +155,14 @@ class Dovecot:
         shutil.chown(mail, user=MAIL_USER)
 
         mail_user = pwd.getpwnam(MAIL_USER)
+        tls = "ssl = no"
+        if self.certificate is not None:
+            # Dovecot reads "<path" settings as root, before dropping privileges.
+            tls = (f"ssl = yes\nssl_cert = <{self.certificate}\nssl_key = <{self.key}\n"
+                   f"ssl_dh = <{DH_PARAMETERS}")
         (self.root / "dovecot.conf").write_text(CONFIG.format(
-            root=self.root, port=self.port, uid=mail_user.pw_uid, gid=mail_user.pw_gid,
+            root=self.root, port=self.port, imaps_port=self.imaps_port, tls=tls,
+            uid=mail_user.pw_uid, gid=mail_user.pw_gid,
         ))
         group = grp.getgrnam("dovecot").gr_gid
         for name, accounts in (("users", self.users), ("masters", self.masters)):
