@@ -72,6 +72,10 @@ class Portal:
         self.page.wait_for_url("**/restore")
         assert self.page.locator("h1").inner_text() == "Restore to your mailbox"
 
+    def choose_all_for_restore(self) -> None:
+        self.page.get_by_role("button", name=re.compile(r"^Restore all \d+")).click()
+        self.page.wait_for_url("**/restore")
+
     def restore(self, imap_password: str) -> str:
         self.page.get_by_label(re.compile("Password of your mailbox")).fill(imap_password)
         self.page.get_by_role("button", name=re.compile(r"^Restore \d+ message")).click()
@@ -166,7 +170,7 @@ def test_sign_in_search_read_download_and_restore(portal, chromium, dovecot):
                                      for url in chromium.requests)
 
 
-def test_wrong_mailbox_password_is_shown_in_the_dialog(portal, chromium, dovecot):
+def test_wrong_mailbox_password_then_restore_all_results(portal, chromium, dovecot):
     portal.sign_in(BOB)
     portal.search("from:elsewhere.net")
     portal.choose_for_restore(subject_of("B29.eml"))
@@ -181,3 +185,13 @@ def test_wrong_mailbox_password_is_shown_in_the_dialog(portal, chromium, dovecot
             if "/restore/start: Failed to load resource" not in error
             or "status of 400" not in error] == []
     assert chromium.remote_requests == []
+
+    portal.search("from:elsewhere.net")
+    portal.choose_all_for_restore()
+    outcome = portal.restore(BOB_IMAP)
+    assert "3 restored" in outcome and "0 failed" in outcome
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    restored = dovecot.folder_messages(BOB, f"Restored.{today}")
+    assert sorted(raw for raw, _, _ in restored) == sorted(
+        (CASES / name).read_bytes() for name in MESSAGES)
+    assert len(chromium.console_errors) == 1 and chromium.remote_requests == []

@@ -86,6 +86,9 @@ def credentials_for(settings: RestoreSettings, home: Path, user: User,
 def read_master_password(path: Path) -> str:
     """Read the master user's password from its file (first line)."""
     try:
+        if path.stat().st_mode & 0o077:
+            log.warning("restore.master_password_file %s is readable by others; "
+                        "make it mode 0600", path, extra={"event": "restore.secret_exposed"})
         return path.read_text("utf-8").splitlines()[0]
     except (OSError, IndexError, UnicodeDecodeError) as err:
         log.error("restore.master_password_file %s cannot be read: %s", path,
@@ -123,7 +126,8 @@ def imap_bytes(raw: bytes) -> bytes:
     RFC 3501 section 4.3 messages end lines in CRLF; some servers refuse
     bare LF or CR.  A message already in CRLF passes unchanged.
     """
-    if b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b""):
+    outside_crlf = raw.replace(b"\r\n", b"")
+    if b"\n" not in outside_crlf and b"\r" not in outside_crlf:
         return raw
     return _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", raw))
 
