@@ -281,6 +281,8 @@ def test_unreachable_mail_server_is_a_clear_error(home):
     response = restore(client, ids_for(client, "undated"))
     assert response.status_code == 502
     assert "could not be reached" in response.get_data(as_text=True)
+    (event,) = audit(app, "restore.failure")
+    assert json.loads(event["detail"])["count"] == 1
 
 
 def test_internal_date_falls_back_to_receipt_time():
@@ -358,3 +360,17 @@ def test_restore_over_tls_verifies_the_servers_certificate(home, tmp_path, mode)
         assert "certificate verify failed" in response.get_data(as_text=True)
     finally:
         server.stop()
+
+
+def test_a_refused_master_login_says_so_and_restores_nothing(home, dovecot):
+    secret = home / "keys" / "imap-master"
+    secret.write_text("not the master password\n")
+    secret.chmod(0o600)
+    app = make_app(home, master_user="archive", master_password_file="keys/imap-master")
+    client = signed_in(app)
+    response = restore(client, ids_for(client, "undated"), password="")
+    assert response.status_code == 400
+    assert "refused the archive&#39;s login" in response.get_data(as_text=True)
+    assert dovecot.folders("bob@example.com") == ["INBOX"]
+    (event,) = audit(app, "restore.login_failure")
+    assert json.loads(event["detail"])["credentials"] == "master user"

@@ -14,6 +14,7 @@ the portal shows; the outcome of every restore goes to the audit log.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
@@ -49,11 +50,18 @@ _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 class RestoreError(Exception):
-    """A restore could not start; the message is for the person restoring."""
+    """A restore could not start; the message is for the person restoring.
+
+    ``status`` is the HTTP status the portal answers with.
+    """
+
+    status = 502
 
 
 class RestoreLoginError(RestoreError):
-    """The IMAP server refused the credentials."""
+    """The IMAP server refused the credentials, or none were given."""
+
+    status = 400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +87,7 @@ def credentials_for(settings: RestoreSettings, home: Path, user: User,
         return Credentials(login, read_master_password(home / settings.master_password_file),
                            settings.master_user)
     if not password:
-        raise RestoreError("Type the password of your mailbox to restore into it.")
+        raise RestoreLoginError("Type the password of your mailbox to restore into it.")
     return Credentials(login, password)
 
 
@@ -158,6 +166,10 @@ class Mailbox:
                 self.client.login(credentials.login, credentials.password)
         except LoginError:
             self.close()
+            if credentials.master_user:
+                raise RestoreLoginError(
+                    f"The mail server refused the archive's login for {credentials.login}. "
+                    "Nothing was restored; please tell your administrator.") from None
             raise RestoreLoginError(
                 f"The mail server refused the login for {credentials.login}: "
                 "check the password of your mailbox. Nothing was restored.") from None
@@ -176,7 +188,14 @@ class Mailbox:
                             ssl=settings.tls == "implicit", ssl_context=context,
                             timeout=settings.timeout_seconds)
         if settings.tls == "starttls":
-            client.starttls(context)
+            try:
+                client.starttls(context)
+            except BaseException:
+                # A failed handshake may have closed the socket already;
+                # the handshake's error is the one to report.
+                with contextlib.suppress(OSError):
+                    client.shutdown()
+                raise
         return client
 
     def ensure_folder(self, name: str) -> str:
@@ -276,10 +295,12 @@ class Restorer:
         mailbox = Mailbox(self.settings, self.home)
         try:
             mailbox.open(credentials)
-        except RestoreLoginError:
-            self.archive.control.audit(user.address, "restore.login_failure",
-                                       login=credentials.login,
-                                       credentials=credentials.description)
+        except RestoreError as err:
+            action = ("restore.login_failure" if isinstance(err, RestoreLoginError)
+                      else "restore.failure")
+            self.archive.control.audit(user.address, action, login=credentials.login,
+                                       credentials=credentials.description,
+                                       count=len(message_ids), error=str(err))
             raise
         started = now()
         job = RestoreJob(secrets.token_urlsafe(16), user.id, user.address,

@@ -20,7 +20,7 @@ from indexer import QueryError
 from vault.clock import now
 from vault.config import Settings
 from web.archive import archive
-from web.restore import Restorer, RestoreError, RestoreLoginError, folder_name
+from web.restore import Restorer, RestoreError, folder_name
 
 restoring = Blueprint("restore", __name__)
 
@@ -76,10 +76,8 @@ def start():
         # The job outlives the request: hand it the user, not the proxy.
         job = restorer().start(current_user._get_current_object(), message_ids,
                                request.form.get("imap_password", ""))
-    except RestoreLoginError as err:
-        return _dialog(message_ids, query, error=str(err), status=400)
     except RestoreError as err:
-        return _dialog(message_ids, query, error=str(err), status=502)
+        return _dialog(message_ids, query, error=str(err), status=err.status)
     job.done.wait(QUICK_RESTORE_SECONDS)
     return redirect(url_for("restore.status", job_id=job.id), code=303)
 
