@@ -153,7 +153,7 @@ def test_restored_messages_are_byte_identical_with_their_date_and_flags(app, dov
             # No Date header: the time the archive received it.
             assert abs(when - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
         else:
-            assert when == internal_date(raw, None)
+            assert when == internal_date(raw, lambda: None)
     by_subject = {re.search(rb"Subject: ([^\r]*)", raw).group(1): when for raw, when, _ in stored}
     b22 = [when for raw, when, _ in stored if raw == (CASES / "B22.eml").read_bytes()][0]
     assert b22 == dt.datetime(2025, 1, 7, 7, 30, tzinfo=dt.timezone.utc)
@@ -287,9 +287,9 @@ def test_unreachable_mail_server_is_a_clear_error(home):
 
 def test_internal_date_falls_back_to_receipt_time():
     received = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
-    assert internal_date(NO_DATE, received) == received
-    assert internal_date(b"Date: nonsense\r\n\r\n", received) == received
-    assert internal_date(b"Date: Mon, 06 Jan 2025 09:00:00 -0000\r\n\r\n", received) == \
+    assert internal_date(NO_DATE, lambda: received) == received
+    assert internal_date(b"Date: nonsense\r\n\r\n", lambda: received) == received
+    assert internal_date(b"Date: Mon, 06 Jan 2025 09:00:00 -0000\r\n\r\n", lambda: received) == \
         dt.datetime(2025, 1, 6, 9, tzinfo=dt.timezone.utc)
 
 
@@ -374,3 +374,28 @@ def test_a_refused_master_login_says_so_and_restores_nothing(home, dovecot):
     assert dovecot.folders("bob@example.com") == ["INBOX"]
     (event,) = audit(app, "restore.login_failure")
     assert json.loads(event["detail"])["credentials"] == "master user"
+
+
+def test_a_message_the_server_refuses_fails_alone(home):
+    # The batch goes as one MULTIAPPEND; when the server refuses it (here
+    # its quota plugin refuses B16, larger than 800 bytes), the messages go
+    # one by one and only the refused one fails, with the server's reason.
+    require_dovecot()
+    server = Dovecot({"bob@example.com": BOB_IMAP}, settings=(
+        "mail_plugins = quota\nplugin {\n  quota = count:User quota\n"
+        "  quota_vsizes = yes\n  quota_max_mail_size = 800\n}\n"))
+    server.start()
+    try:
+        app = make_app(home, imap_port=server.port)
+        client = signed_in(app)
+        message_ids = ids_for(client, "from:elsewhere.net")
+        page = finished(client, restore(client, message_ids))
+        assert "3 restored" in page and "1 failed" in page
+        assert "the mail server refused it" in page
+        stored = server.folder_messages("bob@example.com", restored_folder(server))
+        assert sorted(raw for raw, _, _ in stored) == sorted(
+            [(CASES / "B22.eml").read_bytes(), (CASES / "B29.eml").read_bytes(), NO_DATE])
+        detail = json.loads(audit(app, "restore")[0]["detail"])
+        assert detail["outcome"] == "partial" and len(detail["failures"]) == 1
+    finally:
+        server.stop()

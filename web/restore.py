@@ -25,10 +25,11 @@ import ssl
 import threading
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from collections.abc import Callable
 from pathlib import Path
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from werkzeug.exceptions import NotFound
 
 from vault import VaultError
@@ -45,6 +46,10 @@ logging.getLogger("imapclient").setLevel(logging.INFO)
 MAX_HEADER_BYTES = 1024 * 1024
 CONCURRENT_JOBS = 2
 KEPT_JOBS = 200
+# A MULTIAPPEND batch: enough messages to spare most per-command syncs,
+# few enough bytes to keep a restore's memory small.
+BATCH_MESSAGES = 25
+BATCH_BYTES = 8 * 1024 * 1024
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
@@ -111,10 +116,12 @@ def folder_name(pattern: str, moment: dt.datetime) -> str:
     return pattern.format(date=utc.strftime("%Y-%m-%d"), time=utc.strftime("%H%M%S"))
 
 
-def internal_date(raw: bytes, received_at: dt.datetime | None) -> dt.datetime | None:
-    """Return the message's Date header, else when the archive received it.
+def internal_date(raw: bytes, received_at: Callable[[], dt.datetime | None]
+                  ) -> dt.datetime | None:
+    """Return the message's Date header, else ``received_at()``.
 
-    A Date without a zone (RFC 5322 "-0000") is taken as UTC.
+    A Date without a zone (RFC 5322 "-0000") is taken as UTC.  The
+    receipt time is looked up only for a message without a usable Date.
     """
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
     try:
@@ -125,7 +132,7 @@ def internal_date(raw: bytes, received_at: dt.datetime | None) -> dt.datetime | 
         date = date.replace(tzinfo=dt.timezone.utc)
     if date is not None and 1970 <= date.year < 10000:
         return date
-    return received_at
+    return received_at()
 
 
 def imap_bytes(raw: bytes) -> bytes:
@@ -222,6 +229,29 @@ class Mailbox:
         assert self.client is not None
         flags = [flag.encode("ascii") for flag in self.settings.flags]
         self.client.append(folder, imap_bytes(raw), flags, when)
+
+    def can_append_many(self) -> bool:
+        """Tell whether the server takes several messages in one APPEND."""
+        return self.client is not None and self.client.has_capability("MULTIAPPEND")
+
+    def append_many(self, folder: str, messages: list[tuple[bytes, dt.datetime | None]]
+                    ) -> bool:
+        """APPEND several messages at once (RFC 3502); False if refused.
+
+        One command, and on most servers one disk sync, for the batch:
+        several times faster than an APPEND per message.
+        """
+        assert self.client is not None
+        flags = [flag.encode("ascii") for flag in self.settings.flags]
+        batch = [{"msg": imap_bytes(raw), "flags": flags,
+                  **({"date": when} if when is not None else {})} for raw, when in messages]
+        try:
+            status, _ = self.client.multiappend(folder, batch)
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError:
+            return False
+        return status == "OK"
 
     def close(self) -> None:
         """Log out, ignoring a connection that is already gone."""
@@ -350,35 +380,60 @@ class Restorer:
             job.error = f"The folder {job.folder} could not be created: {_reason(err)}."
             return
         job.server_folder = folder
+        ready: list[tuple[str, bytes, dt.datetime | None]] = []
         for index, message_id in enumerate(job.message_ids):
-            reason = self._restore_one(mailbox, folder, user, message_id)
-            if reason is None:
-                job.restored += 1
-            else:
-                job.failures.append((message_id, reason))
-            if reason is not None and mailbox.client is None:
+            prepared = self._prepare(job, user, message_id)
+            if prepared is not None:
+                ready.append(prepared)
+            is_last = index + 1 == job.total
+            if ready and (is_last or len(ready) >= BATCH_MESSAGES
+                          or sum(len(raw) for _, raw, _ in ready) >= BATCH_BYTES):
+                self._append(job, mailbox, folder, ready)
+                ready = []
+            if mailbox.client is None:
                 job.failures.extend((rest, "not attempted: the connection was lost")
                                     for rest in job.message_ids[index + 1:])
                 return
 
-    def _restore_one(self, mailbox: Mailbox, folder: str, user: User,
-                     message_id: str) -> str | None:
-        """Restore one message; return why it failed, or None."""
+    def _prepare(self, job: RestoreJob, user: User, message_id: str
+                 ) -> tuple[str, bytes, dt.datetime | None] | None:
+        """Read one message the user owns, or record why it cannot be."""
         try:
             raw = self.archive.open_message(user, message_id)
         except NotFound:
             self.archive.control.audit(user.address, "restore.refused", message_id)
-            return "not in your archive"
+            job.failures.append((message_id, "not in your archive"))
+            return None
         except ArchiveDamaged:
-            return "its stored copy failed the integrity check"
-        try:
-            mailbox.append(folder, raw, internal_date(raw, self._received_at(message_id)))
-        except IMAPClientError as err:
-            return f"the mail server refused it: {_reason(err)}"
-        except OSError as err:
-            mailbox.client = None
-            return f"the connection to the mail server was lost: {_reason(err)}"
-        return None
+            job.failures.append((message_id, "its stored copy failed the integrity check"))
+            return None
+        return message_id, raw, internal_date(raw, lambda: self._received_at(message_id))
+
+    def _append(self, job: RestoreJob, mailbox: Mailbox, folder: str,
+                ready: list[tuple[str, bytes, dt.datetime | None]]) -> None:
+        """APPEND a batch: in one MULTIAPPEND if it can, else one by one."""
+        if len(ready) > 1 and mailbox.can_append_many():
+            try:
+                if mailbox.append_many(folder, [(raw, when) for _, raw, when in ready]):
+                    job.restored += len(ready)
+                    return
+            except (OSError, IMAPClientAbortError):
+                mailbox.client = None
+            # RFC 3502 section 3: a refused MULTIAPPEND saves none of its
+            # messages, so sending them one by one finds the refused one.
+        for message_id, raw, when in ready:
+            if mailbox.client is None:
+                job.failures.append((message_id, "the connection to the mail server was lost"))
+                continue
+            try:
+                mailbox.append(folder, raw, when)
+                job.restored += 1
+            except (OSError, IMAPClientAbortError) as err:
+                mailbox.client = None
+                job.failures.append((message_id, "the connection to the mail server was "
+                                                 f"lost: {_reason(err)}"))
+            except IMAPClientError as err:
+                job.failures.append((message_id, f"the mail server refused it: {_reason(err)}"))
 
     def _received_at(self, message_id: str) -> dt.datetime | None:
         document = self.archive.catalogue.document(message_id) or {}

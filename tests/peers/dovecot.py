@@ -23,7 +23,7 @@ Layout under ``root``::
     mail/<user>/Maildir/   each user's mail (Maildir++, separator ".")
     dovecot.log            every process's log lines
 
-With ``certificate`` and ``key`` (PEM files) the instance also offers
+``settings`` is more configuration text, appended.  With ``certificate`` and ``key`` (PEM files) the instance also offers
 STARTTLS on the IMAP port and TLS from the first byte on ``imaps_port``.
 
 A master user logs in as any user either as ``user*master`` with the
@@ -126,8 +126,10 @@ class Dovecot:
 
     def __init__(self, users: dict[str, str],
                  masters: dict[str, str] | None = None, *,
-                 certificate: Path | None = None, key: Path | None = None) -> None:
+                 certificate: Path | None = None, key: Path | None = None,
+                 settings: str = "") -> None:
         self.users = dict(users)
+        self.settings = settings
         self.masters = dict(masters or {})
         self.certificate = certificate
         self.key = key
@@ -163,7 +165,7 @@ class Dovecot:
         (self.root / "dovecot.conf").write_text(CONFIG.format(
             root=self.root, port=self.port, imaps_port=self.imaps_port, tls=tls,
             uid=mail_user.pw_uid, gid=mail_user.pw_gid,
-        ))
+        ) + self.settings)
         group = grp.getgrnam("dovecot").gr_gid
         for name, accounts in (("users", self.users), ("masters", self.masters)):
             path = self.root / name
