@@ -24,7 +24,8 @@ from vault.ingest import open_vault
 from vault.ownership import Envelope
 from web.app import create_app
 from web.cli import main as strongroom
-from web.restore import imap_bytes, internal_date
+from web.mailbox import imap_bytes
+from web.restore import internal_date
 
 PASSWORD = "correct horse battery"
 BOB_IMAP = "bob's mailbox secret 7"

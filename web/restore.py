@@ -14,22 +14,18 @@ the portal shows; the outcome of every restore goes to the audit log.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
 import logging
-import re
 import secrets
-import ssl
 import threading
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from collections.abc import Callable
 from pathlib import Path
 
-from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from werkzeug.exceptions import NotFound
 
 from vault import VaultError
@@ -37,11 +33,12 @@ from vault.clock import now
 from vault.config import RestoreSettings
 from web.accounts import User
 from web.archive import Archive, ArchiveDamaged
+from web.mailbox import (Mailbox, RestoreError, RestoreLoginError, credentials_for,
+                         reason_of)
+
+__all__ = ["RestoreError", "RestoreJob", "Restorer", "folder_name", "internal_date"]
 
 log = logging.getLogger(__name__)
-# At DEBUG imapclient logs the protocol, message bytes and the AUTHENTICATE
-# exchange included; none of that may reach the portal's log.
-logging.getLogger("imapclient").setLevel(logging.INFO)
 
 MAX_HEADER_BYTES = 1024 * 1024
 CONCURRENT_JOBS = 2
@@ -50,64 +47,6 @@ KEPT_JOBS = 200
 # few enough bytes to keep a restore's memory small.
 BATCH_MESSAGES = 25
 BATCH_BYTES = 8 * 1024 * 1024
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
-
-
-class RestoreError(Exception):
-    """A restore could not start; the message is for the person restoring.
-
-    ``status`` is the HTTP status the portal answers with.
-    """
-
-    status = 502
-
-
-class RestoreLoginError(RestoreError):
-    """The IMAP server refused the credentials, or none were given."""
-
-    status = 400
-
-
-@dataclasses.dataclass(frozen=True)
-class Credentials:
-    """Who the portal logs in to IMAP as; the password never prints."""
-
-    login: str
-    password: str = dataclasses.field(repr=False)
-    master_user: str = ""
-
-    @property
-    def description(self) -> str:
-        """Say how the login is made, for the audit log."""
-        return "master user" if self.master_user else "own password"
-
-
-def credentials_for(settings: RestoreSettings, home: Path, user: User,
-                    password: str) -> Credentials:
-    """Return the login for ``user``: the master user when configured."""
-    local = user.address.partition("@")[0]
-    login = settings.login.format(address=user.address, local=local)
-    if settings.master_user:
-        return Credentials(login, read_master_password(home / settings.master_password_file),
-                           settings.master_user)
-    if not password:
-        raise RestoreLoginError("Type the password of your mailbox to restore into it.")
-    return Credentials(login, password)
-
-
-def read_master_password(path: Path) -> str:
-    """Read the master user's password from its file (first line)."""
-    try:
-        if path.stat().st_mode & 0o077:
-            log.warning("restore.master_password_file %s is readable by others; "
-                        "make it mode 0600", path, extra={"event": "restore.secret_exposed"})
-        return path.read_text("utf-8").splitlines()[0]
-    except (OSError, IndexError, UnicodeDecodeError) as err:
-        log.error("restore.master_password_file %s cannot be read: %s", path,
-                  type(err).__name__, extra={"event": "restore.misconfigured"})
-        raise RestoreError("Restore is not available: the archive's mail server "
-                           "login is misconfigured. Please tell your administrator.") from None
 
 
 def folder_name(pattern: str, moment: dt.datetime) -> str:
@@ -133,140 +72,6 @@ def internal_date(raw: bytes, received_at: Callable[[], dt.datetime | None]
     if date is not None and 1970 <= date.year < 10000:
         return date
     return received_at()
-
-
-def imap_bytes(raw: bytes) -> bytes:
-    """Return the message with CRLF line ends, as APPEND requires.
-
-    RFC 3501 section 4.3 messages end lines in CRLF; some servers refuse
-    bare LF or CR.  A message already in CRLF passes unchanged.
-    """
-    outside_crlf = raw.replace(b"\r\n", b"")
-    if b"\n" not in outside_crlf and b"\r" not in outside_crlf:
-        return raw
-    return _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", raw))
-
-
-class Mailbox:
-    """One IMAP connection to the mailbox a restore goes to."""
-
-    def __init__(self, settings: RestoreSettings, home: Path) -> None:
-        self.settings = settings
-        self.home = home
-        self.client: IMAPClient | None = None
-
-    def open(self, credentials: Credentials) -> None:
-        """Connect and log in; raise RestoreError with a reason a user can read."""
-        where = f"{self.settings.imap_host}:{self.settings.imap_port}"
-        try:
-            self.client = self._connect()
-        except (OSError, IMAPClientError) as err:
-            log.warning("restore: cannot reach the IMAP server %s: %s", where, err,
-                        extra={"event": "restore.unreachable"})
-            raise RestoreError(f"The mail server {where} could not be reached "
-                               f"({_reason(err)}). Nothing was restored.") from None
-        try:
-            if credentials.master_user:
-                self.client.plain_login(credentials.master_user, credentials.password,
-                                        authorization_identity=credentials.login)
-            else:
-                self.client.login(credentials.login, credentials.password)
-        except LoginError:
-            self.close()
-            if credentials.master_user:
-                raise RestoreLoginError(
-                    f"The mail server refused the archive's login for {credentials.login}. "
-                    "Nothing was restored; please tell your administrator.") from None
-            raise RestoreLoginError(
-                f"The mail server refused the login for {credentials.login}: "
-                "check the password of your mailbox. Nothing was restored.") from None
-        except (OSError, IMAPClientError) as err:
-            self.close()
-            raise RestoreError(f"The mail server {where} failed during login "
-                               f"({_reason(err)}). Nothing was restored.") from None
-
-    def _connect(self) -> IMAPClient:
-        settings = self.settings
-        context = None
-        if settings.tls != "none":
-            cafile = str(self.home / settings.ca_file) if settings.ca_file else None
-            context = ssl.create_default_context(cafile=cafile)
-        client = IMAPClient(settings.imap_host, settings.imap_port,
-                            ssl=settings.tls == "implicit", ssl_context=context,
-                            timeout=settings.timeout_seconds)
-        if settings.tls == "starttls":
-            try:
-                client.starttls(context)
-            except BaseException:
-                # A failed handshake may have closed the socket already;
-                # the handshake's error is the one to report.
-                with contextlib.suppress(OSError):
-                    client.shutdown()
-                raise
-        return client
-
-    def ensure_folder(self, name: str) -> str:
-        """Create the folder if absent and return its name on the server.
-
-        The configured name uses "/" between levels; the server's own
-        separator and personal namespace prefix (RFC 2342) replace it.
-        """
-        assert self.client is not None
-        prefix, separator = "", "/"
-        if self.client.has_capability("NAMESPACE"):
-            personal = self.client.namespace().personal
-            if personal:
-                prefix, separator = personal[0][0], personal[0][1] or "/"
-        levels = [level for level in name.split("/") if level]
-        folder = prefix + separator.join(level.replace(separator, "-") for level in levels)
-        if not self.client.folder_exists(folder):
-            self.client.create_folder(folder)
-            self.client.subscribe_folder(folder)
-        return folder
-
-    def append(self, folder: str, raw: bytes, when: dt.datetime | None) -> None:
-        """APPEND one message with the configured flags."""
-        assert self.client is not None
-        flags = [flag.encode("ascii") for flag in self.settings.flags]
-        self.client.append(folder, imap_bytes(raw), flags, when)
-
-    def can_append_many(self) -> bool:
-        """Tell whether the server takes several messages in one APPEND."""
-        return self.client is not None and self.client.has_capability("MULTIAPPEND")
-
-    def append_many(self, folder: str, messages: list[tuple[bytes, dt.datetime | None]]
-                    ) -> bool:
-        """APPEND several messages at once (RFC 3502); False if refused.
-
-        One command, and on most servers one disk sync, for the batch:
-        several times faster than an APPEND per message.
-        """
-        assert self.client is not None
-        flags = [flag.encode("ascii") for flag in self.settings.flags]
-        batch = [{"msg": imap_bytes(raw), "flags": flags,
-                  **({"date": when} if when is not None else {})} for raw, when in messages]
-        try:
-            status, _ = self.client.multiappend(folder, batch)
-        except IMAPClientAbortError:
-            raise
-        except IMAPClientError:
-            return False
-        return status == "OK"
-
-    def close(self) -> None:
-        """Log out, ignoring a connection that is already gone."""
-        if self.client is None:
-            return
-        try:
-            self.client.logout()
-        except (OSError, IMAPClientError):
-            pass
-        self.client = None
-
-
-def _reason(err: Exception) -> str:
-    text = str(err) or type(err).__name__
-    return text.removeprefix("b'").removesuffix("'")[:200]
 
 
 @dataclasses.dataclass
@@ -366,7 +171,7 @@ class Restorer:
         except Exception as err:
             log.exception("restore %s for %s stopped", job.id, job.actor,
                           extra={"event": "restore.crashed"})
-            job.error = f"The restore stopped: {_reason(err)}."
+            job.error = f"The restore stopped: {reason_of(err)}."
         finally:
             mailbox.close()
             job.finished_at = now()
@@ -377,7 +182,7 @@ class Restorer:
         try:
             folder = mailbox.ensure_folder(job.folder)
         except (OSError, IMAPClientError) as err:
-            job.error = f"The folder {job.folder} could not be created: {_reason(err)}."
+            job.error = f"The folder {job.folder} could not be created: {reason_of(err)}."
             return
         job.server_folder = folder
         ready: list[tuple[str, bytes, dt.datetime | None]] = []
@@ -431,9 +236,9 @@ class Restorer:
             except (OSError, IMAPClientAbortError) as err:
                 mailbox.client = None
                 job.failures.append((message_id, "the connection to the mail server was "
-                                                 f"lost: {_reason(err)}"))
+                                                 f"lost: {reason_of(err)}"))
             except IMAPClientError as err:
-                job.failures.append((message_id, f"the mail server refused it: {_reason(err)}"))
+                job.failures.append((message_id, f"the mail server refused it: {reason_of(err)}"))
 
     def _received_at(self, message_id: str) -> dt.datetime | None:
         document = self.archive.catalogue.document(message_id) or {}
