@@ -228,6 +228,22 @@ class Catalogue:
             hits = [_hit(hit) for hit in found]
             return Results(len(found), page, per_page, hits)
 
+    def search_ids(self, text: str, *, owners: frozenset[str], limit: int,
+                   zone: str = "UTC") -> tuple[int, list[str]]:
+        """Return how many documents of ``owners`` match, and the newest ids.
+
+        The same filter as ``search``, without snippets: for acting on a
+        whole result (restore).  Raises QueryError like ``search``.
+        """
+        query = self.parse(text, zone)
+        if not owners:
+            return 0, []
+        owner_filter = Or([Term("owners", owner.lower()) for owner in sorted(owners)])
+        with self._index.searcher() as searcher:
+            found = searcher.search(query, limit=limit, filter=owner_filter,
+                                    sortedby="date", reverse=True)
+            return len(found), [hit["id"] for hit in found]
+
     def is_visible(self, message_id: str, owners: frozenset[str]) -> bool:
         """Tell whether any of ``owners`` owns the message (the second check)."""
         document = self.document(message_id)

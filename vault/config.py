@@ -95,6 +95,27 @@ class ControlSettings:
     database: str = "control.sqlite3"
 
 
+# How the portal's restore reaches the IMAP server: TLS from the first byte
+# (port 993), STARTTLS (RFC 3501 section 6.2.1), or none, which is allowed
+# only to a loopback address so a password never crosses a network in clear.
+RESTORE_TLS_MODES = ("implicit", "starttls", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreSettings:
+    imap_host: str = ""
+    imap_port: int = 993
+    tls: str = "implicit"
+    ca_file: str = ""
+    login: str = "{address}"
+    folder: str = "Restored/{date}"
+    flags: tuple[str, ...] = ("\\Seen",)
+    master_user: str = ""
+    master_password_file: str = ""
+    max_messages: int = 1000
+    timeout_seconds: float = 60.0
+
+
 @dataclasses.dataclass(frozen=True)
 class AccountSettings:
     password_min_length: int = 12
@@ -122,6 +143,7 @@ class Settings:
     control: ControlSettings = ControlSettings()
     retention: RetentionSettings = RetentionSettings()
     accounts: AccountSettings = AccountSettings()
+    restore: RestoreSettings = RestoreSettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -235,6 +257,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"setting catalogue.engine = {settings.catalogue.engine!r}: only 'whoosh'"
         )
+    _validate_restore(settings.restore)
     from vault.retention import RetentionPolicy
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
@@ -320,3 +343,48 @@ def _validate_accounts(accounts: AccountSettings) -> None:
         if role not in ("user", "auditor", "admin"):
             raise ConfigError(f"setting accounts.require_totp_roles: unknown role {role!r}; "
                               "expected user, auditor or admin")
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+_IMAP_FLAG = re.compile(r"\\(Seen|Answered|Flagged|Draft)|[A-Za-z0-9$_.-]{1,64}")
+
+
+def _validate_restore(restore: RestoreSettings) -> None:
+    if restore.tls not in RESTORE_TLS_MODES:
+        raise ConfigError(f"setting restore.tls = {restore.tls!r}: expected one of "
+                          + ", ".join(repr(mode) for mode in RESTORE_TLS_MODES))
+    if restore.tls == "none" and restore.imap_host and not _is_loopback(restore.imap_host):
+        raise ConfigError(f"setting restore.tls = 'none' with restore.imap_host = "
+                          f"{restore.imap_host!r}: passwords may go in clear only to loopback")
+    if not 0 < restore.imap_port < 65536:
+        raise ConfigError(f"setting restore.imap_port = {restore.imap_port!r}: not a port")
+    for flag in restore.flags:
+        if not _IMAP_FLAG.fullmatch(flag):
+            raise ConfigError(f"setting restore.flags: {flag!r} is not a flag a restore "
+                              "may set (\\Seen, \\Answered, \\Flagged, \\Draft or a keyword)")
+    if "{address}" not in restore.login and "{local}" not in restore.login:
+        raise ConfigError(f"setting restore.login = {restore.login!r}: "
+                          "must contain {address} or {local}")
+    try:
+        folder = restore.folder.format(date="2000-01-01", time="000000")
+    except (KeyError, IndexError, ValueError):
+        folder = ""
+    if not folder.strip("/ ") or "*" in folder or "%" in folder:
+        raise ConfigError(f"setting restore.folder = {restore.folder!r}: expected a folder "
+                          "name, with {date} or {time} at most")
+    if bool(restore.master_user) != bool(restore.master_password_file):
+        raise ConfigError("settings restore.master_user and restore.master_password_file: "
+                          "give both or neither")
+    if restore.max_messages < 1:
+        raise ConfigError(f"setting restore.max_messages = {restore.max_messages!r}: "
+                          "at least 1")
+    if restore.timeout_seconds <= 0:
+        raise ConfigError(f"setting restore.timeout_seconds = {restore.timeout_seconds!r}: "
+                          "must be more than 0")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

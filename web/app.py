@@ -69,6 +69,9 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     from web.signin import install_accounts
 
     install_accounts(app, settings, control, accounts)
+    from web.restore_pages import init_restore
+
+    init_restore(app, settings)
     _register_errors(app)
     app.after_request(_security_headers)
     return app
