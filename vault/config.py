@@ -96,6 +96,12 @@ class ControlSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DownloadSettings:
+    max_messages: int = 1000
+    max_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The archive's typed, frozen settings; ``home`` anchors every path."""
 
@@ -108,6 +114,7 @@ class Settings:
     catalogue: CatalogueSettings = CatalogueSettings()
     control: ControlSettings = ControlSettings()
     retention: RetentionSettings = RetentionSettings()
+    downloads: DownloadSettings = DownloadSettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -224,6 +231,9 @@ def validate(settings: Settings) -> None:
     from vault.retention import RetentionPolicy
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
+    if settings.downloads.max_messages < 1 or settings.downloads.max_bytes < 1:
+        raise ConfigError("settings downloads.max_messages and downloads.max_bytes: "
+                          "at least 1")
 
 
 def _validate_receiver(receiver: ReceiverSettings) -> None:

@@ -66,6 +66,9 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     csrf.exempt(api)
     app.register_blueprint(portal)
     app.register_blueprint(api, url_prefix="/api/v1")
+    from web.reading import reading
+
+    app.register_blueprint(reading, downloads=settings.downloads)
     _register_errors(app)
     app.after_request(_security_headers)
     return app
@@ -90,7 +93,8 @@ def _security_headers(response):
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
+    # setdefault: the message's own HTML frame alone allows SAMEORIGIN.
+    response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Cache-Control", "no-store")
     return response
 
