@@ -382,7 +382,7 @@ def test_b29_selection_keeps_bytes_and_original_arrival_time(app, bob):
         assert hashlib.sha256(archive.read(entry)).hexdigest() == B29_SHA256
     mbox = bob.post("/messages/selection", data={
         "csrf_token": token, "id": message_id, "format": "mbox"}).data
-    assert mbox.startswith(b"From MAILER-DAEMON Tue Mar 03 07:15:07 2015\n")
+    assert mbox.startswith(b"From MAILER-DAEMON Tue Mar  3 07:15:07 2015\n")
     (raw,) = unquote_mboxrd(mbox)
     assert hashlib.sha256(raw).hexdigest() == B29_SHA256
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from email.parser import BytesHeaderParser
@@ -85,13 +86,13 @@ def mbox_chunks(messages: Iterable[Reading]) -> Iterator[bytes]:
         if raw is None:
             missing.append(message_id)
             continue
-        stamp = arrival_time(raw).strftime("%a %b %d %H:%M:%S %Y")
+        stamp = time.asctime(arrival_time(raw).timetuple())
         quoted = _FROM_LINE.sub(rb">\1", raw)
         ending = b"" if quoted.endswith(b"\n") else b"\r\n"
         yield b"From MAILER-DAEMON " + stamp.encode("ascii") + b"\n" + quoted + ending + b"\n"
     if missing:
         note = not_included_note(missing).encode("utf-8").replace(b"\n", b"\r\n")
-        yield (b"From MAILER-DAEMON Thu Jan 01 00:00:00 1970\n"
+        yield (b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n"
                b"From: Strongroom <nobody@invalid>\r\nSubject: Messages not included\r\n\r\n"
                + _FROM_LINE.sub(rb">\1", note) + b"\n")
 
