@@ -527,6 +527,40 @@ def test_every_reading_route_is_audited_with_the_message_id(app, bob):
 def test_reading_routes_need_sign_in(app):
     client = app.test_client()
     message_id = "0" * 64
-    for path in ("/body.html", "/inline/0", "/attachments/0", "/conversation"):
+    for path in ("/body.html", "/attachments/0", "/conversation"):
         response = client.get(f"/messages/{message_id}{path}")
         assert response.status_code == 302 and "/login" in response.headers["Location"]
+    # Inline images answer only the signed-in owner or a grant (below).
+    assert client.get(f"/messages/{message_id}/inline/0").status_code == 404
+
+
+def test_frame_images_load_by_grant_without_the_session_cookie(app, bob):
+    # The sandboxed frame has an opaque origin, so browsers send no
+    # SameSite cookie with its image requests; the URL's grant stands in,
+    # for that owner, that message and that part only, for a while.
+    message_id = message_id_for(bob, "HOSTILE-CID")
+    frame = bob.get(f"/messages/{message_id}/body.html").get_data(as_text=True)
+    (source,) = [a["src"] for t, a in Markup(frame).tags if t == "img" and "src" in a]
+    assert source.startswith(f"/messages/{message_id}/inline/1?grant=")
+    cookieless = app.test_client()
+    image = cookieless.get(source)
+    assert image.status_code == 200 and image.data == PNG
+    event = audit(app, 1)[0]
+    assert (event["actor"], event["action"], event["target"]) == (
+        "bob@example.com", "view.inline", message_id)
+
+    grant = source.split("grant=")[1]
+    other = message_id_for(bob, "FILES-CASE")
+    for path in (f"/messages/{message_id}/inline/0?grant={grant}",
+                 f"/messages/{other}/inline/1?grant={grant}",
+                 f"/messages/{message_id}/inline/1?grant={grant[:-2]}xx",
+                 f"/messages/{message_id}/inline/1?grant="):
+        assert cookieless.get(path).status_code == 404, path
+
+    import web.reading
+    original = web.reading.GRANT_SECONDS
+    try:
+        web.reading.GRANT_SECONDS = -1
+        assert cookieless.get(source).status_code == 404
+    finally:
+        web.reading.GRANT_SECONDS = original

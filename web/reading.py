@@ -19,6 +19,7 @@ from email.policy import compat32
 from flask import (Blueprint, Response, current_app, render_template, request,
                    send_file, stream_with_context, url_for)
 from flask_login import current_user, login_required
+from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
 
 from indexer.extract import header_text
@@ -45,6 +46,9 @@ THREAD_ROUNDS = 3
 THREAD_QUERY_IDS = 60
 MAX_THREAD_MESSAGES = 200
 _MESSAGE_ID = re.compile(r"[0-9a-f]{64}")
+# How long a frame's inline-image URLs stay good (see inline_image).
+GRANT_SECONDS = 900
+GRANT_SALT = "strongroom.inline-image"
 
 
 def show_message(message_id: str) -> str | Response:
@@ -102,20 +106,45 @@ def html_frame(message_id: str) -> Response:
 
 
 @reading.get("/messages/<message_id>/inline/<int:index>")
-@login_required
 def inline_image(message_id: str, index: int) -> Response:
-    """Serve one image part of the message for its HTML frame."""
-    raw = archive().open_message(current_user, message_id)
+    """Serve one image part of the message for its HTML frame.
+
+    The frame is sandboxed without allow-same-origin, so its requests
+    come from an opaque origin and browsers withhold the SameSite
+    session cookie.  The frame's image URLs therefore carry a grant: a
+    signed, short-lived note of who may see which part, made when the
+    frame was served to that signed-in owner.  Ownership is still checked
+    again here, for the user the grant names.
+    """
+    user = current_user if current_user.is_authenticated else _granted_user(
+        message_id, index)
+    raw = archive().open_message(user, message_id)
     parts = MessageParts(raw)
     if index >= len(parts.leaves):
         raise NotFound("The message has no such part.")
     content_type = parts.leaves[index].get_content_type()
     if content_type not in INLINE_IMAGE_TYPES:
         raise NotFound("That part is not an image that can be shown inline.")
-    archive().control.audit(current_user.address, "view.inline", message_id, part=index)
+    archive().control.audit(user.address, "view.inline", message_id, part=index)
     response = Response(parts.content(index), mimetype=content_type)
     response.headers["Content-Security-Policy"] = FILE_POLICY
     return response
+
+
+def _grants() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt=GRANT_SALT)
+
+
+def _granted_user(message_id: str, index: int):
+    try:
+        user_id, granted_id, granted_index = _grants().loads(
+            request.args.get("grant", ""), max_age=GRANT_SECONDS)
+    except (BadData, ValueError, TypeError):
+        raise NotFound("No such message.") from None
+    user = archive().accounts.get(user_id=user_id)
+    if user is None or (granted_id, granted_index) != (message_id, index):
+        raise NotFound("No such message.")
+    return user
 
 
 @reading.get("/messages/<message_id>/attachments/<int:index>")
@@ -149,7 +178,9 @@ def _inline_urls(message_id: str, parts: MessageParts):
             return None
         if parts.leaves[index].get_content_type() not in INLINE_IMAGE_TYPES:
             return None
-        return url_for("reading.inline_image", message_id=message_id, index=index)
+        grant = _grants().dumps([current_user.id, message_id, index])
+        return url_for("reading.inline_image", message_id=message_id, index=index,
+                       grant=grant)
     return inline_url
 
 
