@@ -7,6 +7,13 @@ remote loads, forms, frames and plugins).  Every remote reference in them
 points at ``http://remote.test`` (or its https and protocol-relative
 forms); a browser test passes its own loopback origin to
 :func:`hostile_messages` and then asserts that origin saw no request.
+
+Where the portal shows them: ``/messages/<id>`` embeds
+``<iframe sandbox src="/messages/<id>/body.html">``; ``?remote=1`` on the
+page (the "Show remote content" link) reloads it with remote images
+allowed, and then only the ``<img src>`` of h06 and h09 may reach the
+origin.  No fixture may ever open a dialog, navigate the top page, submit
+a form or load a frame, script, style sheet or plugin.
 """
 
 from __future__ import annotations
