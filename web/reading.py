@@ -51,7 +51,7 @@ GRANT_SECONDS = 900
 GRANT_SALT = "strongroom.inline-image"
 
 
-def show_message(message_id: str) -> str | Response:
+def show_message(message_id: str) -> Response:
     """Render the message page (the ``portal.message`` route)."""
     raw = archive().open_message(current_user, message_id)
     remote = _wants_remote()
