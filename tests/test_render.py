@@ -131,3 +131,17 @@ def test_unreadable_messages_are_named_inside_the_download():
     first, note = unquote_mboxrd(mbox)
     assert first == b"Subject: ok\r\n\r\nbody\r\n"
     assert b"damaged" in note
+
+
+@pytest.mark.parametrize("html, offered", [
+    ('<img src="http://r.test/p.png">', True), ("<IMG alt=x SRC=https://r.test/p>", True),
+    ('<img src="cid:logo@x">', False), ('<img data-src="http://r.test/p">', False),
+    ('<a href="http://r.test/">link</a>', False), ('<img src="x" onerror="http://r">', False),
+])
+def test_show_remote_content_is_offered_only_for_remote_images(html, offered):
+    from web.render import has_remote_images
+
+    assert has_remote_images(html) is offered
+    # The offer matches what allowing remote content would change.
+    changed = sanitize(html, no_images, remote=True) != sanitize(html, no_images)
+    assert changed is offered

@@ -26,7 +26,8 @@ from indexer.extract import header_text
 from indexer.query import MAX_QUERY_CHARS
 from web.archive import archive
 from web.parts import INLINE_IMAGE_TYPES, MessageParts, download_type
-from web.render import FRAME_SANDBOX, frame_document, frame_policy, sanitize
+from web.render import (FRAME_SANDBOX, frame_document, frame_policy, has_remote_images,
+                         sanitize)
 from web.selection import FORMATS, mbox_chunks, read_each, zip_chunks
 
 reading = Blueprint("reading", __name__)
@@ -75,7 +76,7 @@ def show_message(message_id: str) -> Response:
         parts = MessageParts(raw)
         html = parts.html
         page.update(text=parts.text, files=parts.files(), has_html=bool(html.strip()),
-                    has_remote=bool(html) and _has_remote(html, message_id, parts))
+                    has_remote=has_remote_images(html))
     response = Response(render_template("message.html", **page))
     # The page embeds the message's own HTML frame and nothing else.
     from web.app import CONTENT_SECURITY_POLICY
@@ -182,12 +183,6 @@ def _inline_urls(message_id: str, parts: MessageParts):
         return url_for("reading.inline_image", message_id=message_id, index=index,
                        grant=grant)
     return inline_url
-
-
-def _has_remote(html: str, message_id: str, parts: MessageParts) -> bool:
-    # Offer "show remote content" only when it would change something.
-    inline_url = _inline_urls(message_id, parts)
-    return sanitize(html, inline_url, remote=True) != sanitize(html, inline_url)
 
 
 @reading.get("/messages/<message_id>/conversation")

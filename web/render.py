@@ -53,6 +53,10 @@ _HOSTILE_STYLE = re.compile(r"url\s*\(|image-set|expression|behavior|binding|"
 _REMOTE = re.compile(r"\s*https?://", re.IGNORECASE)
 
 FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+# An <img> whose src is an http(s) URL: what "show remote content" would
+# let load.  A cheap look at the raw HTML, so the page need not sanitise
+# the body twice only to decide whether to offer the choice.
+_REMOTE_IMAGE = re.compile(r"<img\b[^>]*?\ssrc\s*=\s*[\"']?\s*https?://", re.IGNORECASE)
 
 
 def sanitize(html: str, inline_url: Callable[[str], str | None], *,
@@ -95,6 +99,11 @@ def sanitize(html: str, inline_url: Callable[[str], str | None], *,
         strip_comments=True,
     )
     return cleaner.clean(html)
+
+
+def has_remote_images(html: str) -> bool:
+    """Tell whether the HTML has images that only load from elsewhere."""
+    return _REMOTE_IMAGE.search(html) is not None
 
 
 def _attributes() -> dict[str, set[str]]:
