@@ -53,6 +53,7 @@ SCHEMA = Schema(
     filename=TEXT(stored=True, analyzer=_analyzer()),
     has_attachment=BOOLEAN,
     message_id=ID(stored=True),
+    references=KEYWORD(stored=True),  # In-Reply-To and References ids, for threads
     date=DATETIME(stored=True, sortable=True),
     size=NUMERIC(stored=True),
     receipts=STORED,

@@ -64,6 +64,9 @@ class Extract:
     attachments: list[str] = dataclasses.field(default_factory=list)
     defects: list[str] = dataclasses.field(default_factory=list)
     attachment_text: str = ""
+    # Message-IDs this message replies to (In-Reply-To, References), for
+    # grouping conversations; without angle brackets.
+    references: list[str] = dataclasses.field(default_factory=list)
 
 
 def extract(raw: bytes, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None,
@@ -123,6 +126,7 @@ def _read_headers(message: Message, result: Extract) -> None:
     result.bcc = address_text(message, "bcc")
     result.message_id = header_text(message, "message-id").strip()
     result.date = header_date(message, result.defects)
+    result.references = referenced_ids(message)
 
 
 class _MessageReader:
@@ -303,6 +307,25 @@ def address_text(message: Message, name: str) -> str:
         f"{display} <{address}>" if display else address
         for display, address in pairs if address or display
     ) or decoded
+
+
+_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+MAX_REFERENCES = 100
+
+
+def referenced_ids(message: Message) -> list[str]:
+    """Return the Message-IDs in In-Reply-To and References, oldest first.
+
+    RFC 5322 section 3.6.4: References lists the thread from its first
+    message; In-Reply-To names the parent (sometimes only there).  Text
+    outside angle brackets (old clients put phrases there) is ignored.
+    """
+    found: dict[str, None] = {}
+    for name in ("references", "in-reply-to"):
+        for value in message.get_all(name) or []:
+            for match in _MESSAGE_ID.finditer(_FOLD.sub("", str(value))):
+                found.setdefault(match.group(1), None)
+    return list(found)[-MAX_REFERENCES:]
 
 
 def header_date(message: Message, defects: list[str]) -> dt.datetime | None:

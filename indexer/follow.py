@@ -184,6 +184,7 @@ class Follower:
             "filename": " ".join(found.attachments),
             "has_attachment": bool(found.attachments),
             "message_id": found.message_id.strip().strip("<>"),
+            "references": " ".join(found.references),
             "date": utc_naive(plausible_date(found, receipt)),
             "size": receipt.size,
             "receipts": [],

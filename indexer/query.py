@@ -10,6 +10,7 @@ dialect.  The language (also on the portal's help page)::
     a b / a AND b                both;  a OR b  either;  NOT a / -a  without
     ( ... )                      grouping
     from: to: cc: bcc: subject: body: attachment: filename: message-id:
+    references:
                                  a word or "phrase" in one field
                                  (attachment: searches names and text,
                                  filename: names only)
@@ -38,7 +39,7 @@ from indexer import QueryError
 FIELDS = {
     "from": "from", "to": "to", "cc": "cc", "bcc": "bcc", "subject": "subject",
     "body": "body", "attachment": "attachment", "filename": "filename",
-    "message-id": "message_id",
+    "message-id": "message_id", "references": "references",
 }
 MAX_QUERY_CHARS = 2000
 MAX_NODES = 200
@@ -205,6 +206,9 @@ class _Reader:
         return _word(None, value)
 
     def field(self, name: str, value: str, *, quoted: bool) -> Node:
+        if name == "references":
+            # Message-IDs are typed with or without their angle brackets.
+            value = value.strip().strip("<>")
         if name in FIELDS:
             if quoted:
                 return Text(FIELDS[name], value, phrase=True)

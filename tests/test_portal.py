@@ -183,7 +183,7 @@ def test_page_numbers_that_are_not_plain_digits(app):
 
 
 def test_large_message_is_shown_from_the_catalogue_not_parsed(home, monkeypatch):
-    import web.portal
+    import web.reading
 
     settings = load(home)
     vault = open_vault(settings)
@@ -193,7 +193,7 @@ def test_large_message_is_shown_from_the_catalogue_not_parsed(home, monkeypatch)
     vault.archive(raw, Envelope("a@example.com", ("bob@example.com",)))
     Follower(vault, catalogue, home / "cursor2").catch_up()
     app = create_app(settings, vault=vault, catalogue=catalogue)
-    monkeypatch.setattr(web.portal, "extract", lambda raw, **_: pytest.fail("parsed in full"))
+    monkeypatch.setattr(web.reading, "MessageParts", lambda raw: pytest.fail("parsed in full"))
     client = app.test_client()
     sign_in(client)
     page = client.get(f"/messages/{message_id_for(client, 'GIANT-LINE')}").get_data(as_text=True)

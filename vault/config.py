@@ -130,6 +130,12 @@ class AccountSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DownloadSettings:
+    max_messages: int = 1000
+    max_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The archive's typed, frozen settings; ``home`` anchors every path."""
 
@@ -144,6 +150,7 @@ class Settings:
     retention: RetentionSettings = RetentionSettings()
     accounts: AccountSettings = AccountSettings()
     restore: RestoreSettings = RestoreSettings()
+    downloads: DownloadSettings = DownloadSettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -262,6 +269,9 @@ def validate(settings: Settings) -> None:
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
     _validate_accounts(settings.accounts)
+    if settings.downloads.max_messages < 1 or settings.downloads.max_bytes < 1:
+        raise ConfigError("settings downloads.max_messages and downloads.max_bytes: "
+                          "at least 1")
 
 
 def _validate_receiver(receiver: ReceiverSettings) -> None:

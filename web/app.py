@@ -72,6 +72,9 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     from web.restore_pages import init_restore
 
     init_restore(app, settings)
+    from web.reading import reading
+
+    app.register_blueprint(reading, downloads=settings.downloads)
     _register_errors(app)
     app.after_request(_security_headers)
     return app
@@ -96,7 +99,8 @@ def _security_headers(response):
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
+    # setdefault: the message's own HTML frame alone allows SAMEORIGIN.
+    response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Cache-Control", "no-store")
     return response
 

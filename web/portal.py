@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-
 from flask import (Blueprint, Response, flash, redirect, render_template,
                    request, url_for)
 from flask_login import current_user, login_required
 
 from indexer import QueryError
-from indexer.extract import Extract, extract, header_text
 from web.archive import archive, positive_int
 from web.signin import sign_in_page, sign_out
+from web.reading import show_message
 
 portal = Blueprint("portal", __name__)
 
 PER_PAGE = 20
-FULL_VIEW_BYTES = 4 * 1024 * 1024
-MAX_HEADER_BYTES = 1024 * 1024
-SUMMARY_HEADERS = ("From", "To", "Cc", "Date", "Subject", "Message-ID")
 
 
 @portal.get("/")
@@ -64,25 +58,7 @@ def search():
 @portal.get("/messages/<message_id>")
 @login_required
 def message(message_id: str):
-    raw = archive().open_message(current_user, message_id)
-    archive().control.audit(current_user.address, "view", message_id)
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
-    shortened = len(raw) > FULL_VIEW_BYTES
-    if shortened:
-        # Parsing a very large message costs many times its size in memory;
-        # show the text the catalogue already extracted instead.
-        document = archive().catalogue.document(message_id) or {}
-        found = Extract(subject=header_text(headers, "subject"),
-                        body=document.get("preview", ""))
-    else:
-        found = extract(raw, read_attachments=False)
-    summary = [(name, header_text(headers, name)) for name in SUMMARY_HEADERS
-               if headers.get(name) is not None]
-    all_headers = None
-    if request.args.get("headers") == "all":
-        all_headers = [(name, header_text(headers, name)) for name in dict.fromkeys(headers.keys())]
-    return render_template("message.html", message_id=message_id, found=found,
-                           summary=summary, all_headers=all_headers, shortened=shortened)
+    return show_message(message_id)
 
 
 @portal.get("/messages/<message_id>/original.eml")

@@ -114,7 +114,8 @@ def chosen_messages(query: str) -> list[str]:
             raise BadRequest(f"This search found {total} messages; at most {limit} can "
                            "be restored at once. Narrow the search and try again.")
         return message_ids
-    message_ids = list(dict.fromkeys(request.form.getlist("message")))
+    # The search page's selection form names its ticks "id".
+    message_ids = list(dict.fromkeys(request.form.getlist("id") or request.form.getlist("message")))
     if len(message_ids) > limit:
         raise BadRequest(f"At most {limit} messages can be restored at once.")
     for message_id in message_ids:
