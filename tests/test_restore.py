@@ -102,7 +102,7 @@ def signed_in(app, address="bob@example.com"):
 
 def ids_for(client, query):
     page = client.get(f"/search?q={query}").get_data(as_text=True)
-    return re.findall(r'name="message" value="([0-9a-f]{64})"', page)
+    return re.findall(r'name="id" value="([0-9a-f]{64})"', page)
 
 
 def restore(client, message_ids, password=BOB_IMAP, **form):
