@@ -36,6 +36,7 @@ class CountingSyncer(FileSyncer):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.committer: GroupCommitter | None = None
         self.hold_for = 0
         self.file_syncs: list[int] = []

@@ -8,6 +8,7 @@ the archive by listing receipts after its cursor.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -25,6 +26,8 @@ from vault import MissingObjectError, ObjectExistsError, RetentionError, StoreEr
 from vault.clock import now
 
 ABANDONED_SCRATCH_SECONDS = 3600
+# Threads a FileSyncer flushes a batch's files with.
+SYNC_WORKERS = 16
 _KEY = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
@@ -93,10 +96,15 @@ class Syncer(Protocol):
 class FileSyncer:
     """Sync each file's data with fdatasync, each directory with fsync.
 
-    Writeback of every file is started before waiting for any, so a batch
-    of files shares the disk's flushes instead of queueing one behind the
-    other.
+    The files of a batch are synced in parallel threads: the file system
+    then commits its journal once for all of them (ext4 and XFS join
+    concurrent waiters into one commit), where one after another each
+    would wait for a commit of its own.
     """
+
+    def __init__(self, workers: int = SYNC_WORKERS) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="store-sync")
 
     def sync_files(self, paths: Sequence[Path]) -> None:
         """Flush the data of every file in ``paths``."""
@@ -104,11 +112,11 @@ class FileSyncer:
         try:
             for path in paths:
                 descriptors.append(os.open(path, os.O_RDONLY))
-            if len(descriptors) > 1:
-                for descriptor in descriptors:
-                    _start_writeback(descriptor)
-            for descriptor in descriptors:
-                os.fdatasync(descriptor)
+            if len(descriptors) == 1:
+                os.fdatasync(descriptors[0])
+            else:
+                # list() waits for every flush and raises the first error.
+                list(self._pool.map(os.fdatasync, descriptors))
         finally:
             for descriptor in descriptors:
                 os.close(descriptor)
@@ -445,14 +453,6 @@ def _lock_record(lock: Lock) -> bytes:
         "retain_until": lock.retain_until.astimezone(dt.timezone.utc).isoformat(),
         "legal_hold": lock.legal_hold,
     }).encode()
-
-
-def _start_writeback(descriptor: int) -> None:
-    # Linux starts writing a file's dirty pages on POSIX_FADV_DONTNEED
-    # without waiting for them, so the fdatasync calls that follow wait for
-    # I/O already under way together.  Elsewhere it is only a hint.
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_directory(directory: Path) -> None:
