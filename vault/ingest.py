@@ -93,6 +93,8 @@ class Vault:
             report_recipients=report.recipients if report else (),
             expanded=report.expanded if report else (),
             forwarded=report.forwarded if report else (),
+            tls_version=envelope.tls_version,
+            journal_sender=envelope.journal_sender,
         )
         # The receipt names the message: it must never be durable first.
         self.committer.commit([shared, [

@@ -214,6 +214,8 @@ class JournalHandler:
             rcpt_tos=tuple(recipients),
             peer=peer,
             helo=session.host_name or "",
+            tls_version=_tls_version(session) or "",
+            journal_sender=_journal_sender(session) or "",
         )
         try:
             receipt = await asyncio.get_running_loop().run_in_executor(
@@ -234,7 +236,7 @@ class JournalHandler:
     def _log_accepted(self, session: Session, delivery: Envelope, receipt_key: str) -> None:
         # How the copy came matters to an auditor as much as that it came.
         tls = _tls_version(session)
-        sender = session.auth_data if session.authenticated else None
+        sender = _journal_sender(session)
         log.info("%s: accepted <%s> for %d recipient(s) as %s (%s, %s)",
                  delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt_key,
                  tls or "no TLS",
@@ -275,6 +277,13 @@ def _reply(server: SMTP, recipients: list[str], smtp_reply: str,
 def _tls_version(session: Session) -> str | None:
     ssl_object = (session.ssl or {}).get("ssl_object")
     return ssl_object.version() if ssl_object is not None else None
+
+
+def _journal_sender(session: Session) -> str | None:
+    # ArchiveSMTP keeps only the authenticated sender's name in auth_data.
+    if not session.authenticated or not isinstance(session.auth_data, str):
+        return None
+    return session.auth_data
 
 
 class Receiver:
