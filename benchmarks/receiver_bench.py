@@ -11,8 +11,8 @@ that each keep their connection (``-d``), into:
 (c) ``strongroom serve`` on a new home, archiving durably (sealed, fsync'd,
     answered 250 only once durable), with group commit, and
 (c0) the same without group commit (``receiver.group_commit = false``),
-(c1) serve's receiver alone, without the catalogue follower and portal,
-     to tell the receiver's cost from the indexer's.
+(c1) with ``--receiver-alone``: serve's receiver without the catalogue
+     follower and portal, to tell the receiver's cost from the indexer's.
 
 Message sets: 10,000 messages of 100 kB and 10,000 of 10 kB (fewer with
 ``--quick``).  For each: messages/s and MB/s (payload bytes, 10^6), and the
@@ -29,6 +29,7 @@ Nothing leaves 127.0.0.1; every file is written under one scratch
 directory that the run removes.  Run from the repository root::
 
     python -m benchmarks.receiver_bench [--quick] [--json PATH] [--rounds N]
+                                        [--receiver-alone]
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Plan:
 
 
 DEFAULT_PLAN = Plan("default", (("100 kB", 10_000, 100_000), ("10 kB", 10_000, 10_000)),
-                    latency_messages=1000, rounds=3)
+                    latency_messages=400, rounds=1)
 QUICK_PLAN = Plan("quick", (("100 kB", 1000, 100_000), ("10 kB", 2000, 10_000)),
                   latency_messages=400, rounds=1)
 
@@ -353,19 +354,20 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
 
 
-def make_servers(scratch: Path) -> list[Server]:
-    return [Sink(scratch), BareAiosmtpd(scratch), Strongroom(scratch, True),
-            Strongroom(scratch, False), ReceiverOnly(scratch)]
+def make_servers(scratch: Path, receiver_alone: bool) -> list[Server]:
+    servers = [Sink(scratch), BareAiosmtpd(scratch), Strongroom(scratch, True),
+               Strongroom(scratch, False)]
+    return servers + [ReceiverOnly(scratch)] if receiver_alone else servers
 
 
-def run_benchmark(plan: Plan, scratch: Path) -> dict[str, Any]:
+def run_benchmark(plan: Plan, scratch: Path, receiver_alone: bool = False) -> dict[str, Any]:
     """Measure every server on every message set; return the figures."""
     throughput: dict[str, dict[str, list[float]]] = {}
     latency: dict[str, list[float]] = {}
     names = {}
     generated = latency_messages(plan.latency_messages, 100_000)
     for round_number in range(plan.rounds):
-        for server in make_servers(scratch):
+        for server in make_servers(scratch, receiver_alone):
             names[server.name] = server.label
             with running(server):
                 for label, count, payload in plan.sets:
@@ -375,8 +377,11 @@ def run_benchmark(plan: Plan, scratch: Path) -> dict[str, Any]:
                     print(f"  round {round_number + 1}: {server.label:<34} {label:>7}: "
                           f"{count / seconds:8.1f} msg/s", flush=True)
                 messages = tagged(generated, f"{server.name}.{round_number}")
-                latency.setdefault(server.name, []).extend(
-                    measure_latency(server.port, messages))
+                delays = measure_latency(server.port, messages)
+                latency.setdefault(server.name, []).extend(delays)
+                print(f"  round {round_number + 1}: {server.label:<34} to 250: median "
+                      f"{statistics.median(delays) * 1000:.0f} ms, p99 "
+                      f"{percentile(delays, 0.99) * 1000:.0f} ms", flush=True)
     return summarise(plan, names, throughput, latency)
 
 
@@ -441,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="receiver-bench-", dir=arguments.tmp_dir))
     try:
-        figures = run_benchmark(plan, scratch)
+        figures = run_benchmark(plan, scratch, arguments.receiver_alone)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     figures["plan"] = dataclasses.asdict(plan)
@@ -461,6 +466,8 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures here")
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="repetitions of every measurement (median kept)")
+    parser.add_argument("--receiver-alone", action="store_true",
+                        help="also measure serve's receiver without follower and portal")
     parser.add_argument("--tmp-dir", type=Path, metavar="DIR",
                         help="where the scratch directory goes (default: system temp)")
     parser.add_argument("--discarding-server", type=int, metavar="PORT",
