@@ -114,9 +114,13 @@ class FileSyncer:
                 descriptors.append(os.open(path, os.O_RDONLY))
             if len(descriptors) == 1:
                 os.fdatasync(descriptors[0])
-            else:
-                # list() waits for every flush and raises the first error.
-                list(self._pool.map(os.fdatasync, descriptors))
+                return
+            # Every flush ends before any descriptor is closed, even when
+            # one fails; then the first failure is raised.
+            flushes = [self._pool.submit(os.fdatasync, d) for d in descriptors]
+            concurrent.futures.wait(flushes)
+            for flush in flushes:
+                flush.result()
         finally:
             for descriptor in descriptors:
                 os.close(descriptor)
