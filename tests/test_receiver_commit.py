@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import smtplib
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 from vault.commit import DirectCommitter, GroupCommitter
 from vault.ingest import Vault
 from vault.keys import LocalKeyFile
-from vault.ownership import OwnershipRules
+from vault.ownership import Envelope, OwnershipRules
 from vault.receiver import JournalHandler, Receiver
 from vault.store import FileSyncer, LocalWormStore
 from vault.verification import verify
@@ -217,3 +218,43 @@ def test_failed_receipt_flush_takes_back_the_batch_receipts_and_the_retry_comple
     messages, receipts = stored(vault)
     assert (len(messages), len(receipts)) == (SESSIONS, SESSIONS)
     assert verify(vault).is_clean
+
+
+def archive_in_process(root: str, keys: str, numbers: list[int], start) -> None:
+    """Archive ``numbers`` through a group committer of this process's own."""
+    store = LocalWormStore(Path(root))
+    vault = Vault(store, LocalKeyFile(Path(keys)), OwnershipRules(domains=("example.com",)),
+                  committer=GroupCommitter(store))
+    start.wait()
+
+    def deliver(number: int) -> None:
+        vault.archive(message(number), Envelope("alice@example.com",
+                                                ("journal@archive.test",), peer="127.0.0.1"))
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in numbers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_two_processes_group_committing_into_one_home_store_each_message_once(tmp_path):
+    # Several receivers may serve one home: their batches interleave under
+    # the store's flock, and a message both deliver is stored once.
+    vault, _ = make_vault(tmp_path, FileSyncer(), group=True)
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=archive_in_process, args=(
+        str(tmp_path / "store"), str(tmp_path / "keys.json"), list(range(12)), start))
+        for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+
+    messages, receipts = stored(vault)
+    assert (len(messages), len(receipts)) == (12, 24)
+    assert verify(vault).is_clean
+    assert list((tmp_path / "store/tmp").iterdir()) == []
