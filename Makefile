@@ -39,3 +39,11 @@ test: $(VENV)/.installed
 .PHONY: bench-vault
 bench-vault: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.vault_bench $(BENCH_ARGS)
+
+# Issue #4's receiver figures (smtp-source into smtp-sink, bare aiosmtpd and
+# strongroom serve): BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--json
+# PATH" to keep every figure.
+.PHONY: bench-receiver
+bench-receiver: $(VENV)/.installed
+	scripts/install-peers
+	$(VENV)/bin/python -m benchmarks.receiver_bench $(BENCH_ARGS)

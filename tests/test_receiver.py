@@ -175,12 +175,32 @@ def test_oversized_message_is_refused_with_552(vault, receiver):
 
 def test_size_announced_too_big_is_refused_at_mail_from(vault, receiver):
     # RFC 1870: a declared SIZE over the limit is refused before any data.
-    server = receiver(max_size=4096)
+    refusals = []
+    server = receiver(max_size=4096, on_refused=lambda *answer: refusals.append(answer))
     with RawSMTP(server.port) as client:
         client.command("EHLO client.example.com")
         code, text = client.command("MAIL FROM:<alice@example.com> SIZE=4097")
     assert code == 552
     assert "5.3.4" in text and "4096 bytes" in text
+    assert refusals == [("127.0.0.1", 552, text)]
+
+
+def test_oversized_journal_copy_is_counted_against_the_journal_address(vault, receiver):
+    # Status names a journal source by its journal address; a 552 for a
+    # journal copy belongs there, beside that source's deliveries.
+    refusals = []
+    server = receiver(max_size=4096, on_refused=lambda *answer: refusals.append(answer))
+    with RawSMTP(server.port) as client:
+        client.command("EHLO mta.example.com")
+        client.command("MAIL FROM:<alice@example.com>")
+        client.command("RCPT TO:<Journal@Archive.Example.com>")
+        assert client.command("DATA")[0] == 354
+        client.send(b"Subject: big\r\n\r\n" + b"y" * 70 + b"\r\n" * 100
+                    + b"z" * 5000 + b"\r\n.\r\n")
+        code, text = client.reply()
+    assert code == 552
+    assert refusals == [("journal@archive.example.com", 552, text)]
+    assert stored_messages(vault) == []
 
 
 def test_lines_longer_than_rfc5321_allows_are_still_archived(vault, receiver):

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from tests.conftest import CASES
+from tests.harness import ArchiveServer, strongroom as cli
 from vault.config import load
 from vault.control import ControlDB
 from vault.ingest import open_vault
@@ -48,3 +49,33 @@ def test_status_counts_per_source_and_flags_a_silent_one(home, capsys, monkeypat
     assert relay.rstrip().endswith("SILENT")
     assert lines["198.51.100.9"].split()[-2:] == ["0", "1"]
     assert not lines["journal@archive.test"].rstrip().endswith("SILENT")
+
+
+def test_size_refusals_show_in_status_against_their_source(tmp_path):
+    # A journaling rule whose copies are all too big never lands a message;
+    # status must show its 552s beside its (absent) deliveries.
+    server = ArchiveServer(tmp_path / "home")
+    server.init()
+    server.configure("receiver", "max_message_size = 4096")
+    server.start()
+    try:
+        with server.session() as client:
+            client.command("EHLO mta.example.com")
+            client.command("MAIL FROM:<alice@example.com>")
+            client.command("RCPT TO:<journal@archive.test>")
+            assert client.command("DATA")[0] == 354
+            client.send(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 80 + b".\r\n")
+            assert client.reply()[0] == 552
+            # Declared too big at MAIL FROM: no recipient yet, so the peer.
+            assert client.command("MAIL FROM:<alice@example.com> SIZE=5000")[0] == 552
+        server.send(b"From: alice@example.com\r\nTo: bob@example.com\r\n\r\nsmall\r\n",
+                    "alice@example.com", ["journal@archive.test"])
+    finally:
+        server.stop()
+
+    lines = {line.split()[0]: line.split()
+             for line in cli("status", "--home", str(server.home)).splitlines()[1:]}
+    journal = lines["journal@archive.test"]
+    assert journal[1:3] == ["1", "msg"]
+    assert journal[-2:] == ["0", "1"]
+    assert lines["127.0.0.1"][-2:] == ["0", "1"]

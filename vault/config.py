@@ -46,6 +46,8 @@ class ReceiverSettings:
     timeout_seconds: float = 300.0
     lmtp_listen: str = ""
     shutdown_grace_seconds: float = 30.0
+    group_commit: bool = True
+    group_commit_max_messages: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +305,9 @@ def _validate_receiver(receiver: ReceiverSettings) -> None:
         if receiver.lmtp_listen == receiver.listen:
             raise ConfigError(f"setting receiver.lmtp_listen = {receiver.lmtp_listen!r}: "
                               "the same address as receiver.listen")
+    if receiver.group_commit_max_messages < 1:
+        raise ConfigError("setting receiver.group_commit_max_messages = "
+                          f"{receiver.group_commit_max_messages!r}: must be at least 1")
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -14,8 +14,8 @@ import hmac
 import logging
 from collections.abc import Iterator
 
-from vault import ObjectExistsError
 from vault.clock import now
+from vault.commit import Committer, DirectCommitter, GroupCommitter, Put
 from vault.config import Settings
 from vault.keys import KeyProvider, LocalKeyFile
 from vault.journal import JournalReport, unwrap
@@ -38,11 +38,13 @@ class Vault:
     def __init__(
         self, store: ObjectStore, keys: KeyProvider, rules: OwnershipRules,
         retention: RetentionPolicy = DEFAULT_RETENTION,
+        committer: Committer | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.rules = rules
         self.retention = retention
+        self.committer: Committer = committer or DirectCommitter(store)
 
     def message_key(self, raw: bytes) -> str:
         """Return the object key of a message: a keyed HMAC of its bytes."""
@@ -67,11 +69,11 @@ class Vault:
             owners = self.rules.report_owners(report)
         retain_until = self.retention.retain_until(received_at, owners, envelope)
         message_key = self.message_key(message)
-        self._put_once(message_key, message, retain_until)
+        shared = self._shared_put(message_key, message, retain_until)
         report_key = ""
         if report is not None:
             report_key = f"{REPORTS}/{self.message_key(raw).rpartition('/')[2]}"
-            self._put_once(report_key, raw, retain_until)
+            shared += self._shared_put(report_key, raw, retain_until)
 
         receipt = Receipt(
             key=receipt_key(received_at),
@@ -91,9 +93,12 @@ class Vault:
             report_recipients=report.recipients if report else (),
             expanded=report.expanded if report else (),
             forwarded=report.forwarded if report else (),
+            tls_version=envelope.tls_version,
+            journal_sender=envelope.journal_sender,
         )
-        self.store.put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()),
-                       retain_until=retain_until)
+        # The receipt names the message: it must never be durable first.
+        self.committer.commit([shared, [
+            Put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()), retain_until)]])
         log.info(
             "archived %s as %s (%d bytes, owners %s%s)",
             receipt.key, message_key, len(message), ",".join(receipt.owners) or "-",
@@ -102,16 +107,14 @@ class Vault:
         )
         return receipt
 
-    def _put_once(self, key: str, plaintext: bytes, retain_until: dt.datetime) -> None:
+    def _shared_put(self, key: str, plaintext: bytes,
+                    retain_until: dt.datetime) -> list[Put]:
         # Same bytes, same key: a second delivery only lengthens the lock.
         if self.store.exists(key):
             self.store.extend_retention(key, retain_until)
-            return
+            return []
         sealed = seal_stream(self.keys, key, segment_views(plaintext))
-        try:
-            self.store.put(key, sealed, retain_until=retain_until)
-        except ObjectExistsError:
-            self.store.extend_retention(key, retain_until)
+        return [Put(key, sealed, retain_until, is_shared=True)]
 
     def read_message(self, message_key: str) -> bytes:
         """Return the authenticated bytes of a stored message."""
@@ -173,4 +176,7 @@ def open_vault(settings: Settings) -> Vault:
     retention = RetentionPolicy.from_settings(
         settings.retention.default, settings.retention.rules
     )
-    return Vault(store, keys, rules, retention)
+    committer: Committer | None = None
+    if isinstance(store, LocalWormStore) and settings.receiver.group_commit:
+        committer = GroupCommitter(store, settings.receiver.group_commit_max_messages)
+    return Vault(store, keys, rules, retention, committer)

@@ -37,6 +37,12 @@ class Receipt:
     report_recipients: tuple[str, ...] = ()
     expanded: tuple[str, ...] = ()
     forwarded: tuple[str, ...] = ()
+    # How the copy came, for an auditor: the TLS version of the session
+    # ("" for none) and the journal sender it authenticated as ("" when
+    # trusted by its network).  Receipts made before these existed lack
+    # them and read as "".
+    tls_version: str = ""
+    journal_sender: str = ""
 
     def to_json(self) -> bytes:
         """Serialise the receipt for sealing."""
@@ -50,7 +56,10 @@ class Receipt:
     def from_json(cls, data: bytes) -> Receipt:
         """Read a receipt written by ``to_json``."""
         fields: dict[str, Any] = json.loads(data)
-        fields.pop("format", None)
+        # A field added by a later version is kept in the sealed bytes but
+        # not understood here; dropping it keeps older readers working.
+        known = {field.name for field in dataclasses.fields(cls)}
+        fields = {name: value for name, value in fields.items() if name in known}
         fields["received_at"] = dt.datetime.fromisoformat(fields["received_at"])
         fields["retain_until"] = dt.datetime.fromisoformat(fields["retain_until"])
         for name in ("rcpt_tos", "owners", "report_recipients", "expanded", "forwarded"):

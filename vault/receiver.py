@@ -62,6 +62,12 @@ RecordRefusal = Callable[[str, int, str], None]
 # milliseconds: bound how many run at once, whoever is knocking.
 AUTH_WORKERS = 2
 
+# Threads that seal messages and wait for them to be durable.  A thread
+# waiting for its group commit holds no CPU, and a group can only be as
+# large as the number of threads that reach it together, so there are
+# more of them than cores.
+ARCHIVE_WORKERS = 64
+
 # How often a stopping receiver looks whether messages in DATA are done.
 DRAIN_POLL_SECONDS = 0.05
 
@@ -110,6 +116,8 @@ class JournalHandler:
         self._on_refused = on_refused
         self._auth_pool = concurrent.futures.ThreadPoolExecutor(
             AUTH_WORKERS, thread_name_prefix="receiver-auth")
+        self._archive_pool = concurrent.futures.ThreadPoolExecutor(
+            ARCHIVE_WORKERS, thread_name_prefix="receiver-archive")
 
     def is_trusted(self, peer: object) -> bool:
         """Tell whether the connecting peer is in a trusted network."""
@@ -206,9 +214,12 @@ class JournalHandler:
             rcpt_tos=tuple(recipients),
             peer=peer,
             helo=session.host_name or "",
+            tls_version=_tls_version(session) or "",
+            journal_sender=_journal_sender(session) or "",
         )
         try:
-            receipt = await asyncio.to_thread(self.vault.archive, raw, delivery)
+            receipt = await asyncio.get_running_loop().run_in_executor(
+                self._archive_pool, self.vault.archive, raw, delivery)
         except Exception:
             log.exception("%s: could not archive a %d-byte message from <%s>",
                           peer, len(raw), delivery.mail_from,
@@ -225,7 +236,7 @@ class JournalHandler:
     def _log_accepted(self, session: Session, delivery: Envelope, receipt_key: str) -> None:
         # How the copy came matters to an auditor as much as that it came.
         tls = _tls_version(session)
-        sender = session.auth_data if session.authenticated else None
+        sender = _journal_sender(session)
         log.info("%s: accepted <%s> for %d recipient(s) as %s (%s, %s)",
                  delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt_key,
                  tls or "no TLS",
@@ -249,8 +260,9 @@ class JournalHandler:
                           extra={"event": "receiver.refusal_unrecorded"})
 
     def close(self) -> None:
-        """Let go of the password-checking threads."""
+        """Let go of the worker threads; archiving already begun finishes."""
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        self._archive_pool.shutdown(wait=False)
 
 
 def _reply(server: SMTP, recipients: list[str], smtp_reply: str,
@@ -265,6 +277,13 @@ def _reply(server: SMTP, recipients: list[str], smtp_reply: str,
 def _tls_version(session: Session) -> str | None:
     ssl_object = (session.ssl or {}).get("ssl_object")
     return ssl_object.version() if ssl_object is not None else None
+
+
+def _journal_sender(session: Session) -> str | None:
+    # ArchiveSMTP keeps only the authenticated sender's name in auth_data.
+    if not session.authenticated or not isinstance(session.auth_data, str):
+        return None
+    return session.auth_data
 
 
 class Receiver:

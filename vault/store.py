@@ -8,6 +8,7 @@ the archive by listing receipts after its cursor.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -17,7 +18,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +26,8 @@ from vault import MissingObjectError, ObjectExistsError, RetentionError, StoreEr
 from vault.clock import now
 
 ABANDONED_SCRATCH_SECONDS = 3600
+# Threads a FileSyncer flushes a batch's files with.
+SYNC_WORKERS = 16
 _KEY = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
@@ -78,6 +81,70 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+class Syncer(Protocol):
+    """Make written files and new directory entries durable.
+
+    Both raise OSError when the data may not have reached stable storage;
+    the caller must then treat everything it was syncing as lost.
+    """
+
+    def sync_files(self, paths: Sequence[Path]) -> None: ...
+
+    def sync_directory(self, directory: Path) -> None: ...
+
+
+class FileSyncer:
+    """Sync each file's data with fdatasync, each directory with fsync.
+
+    The files of a batch are synced in parallel threads: the file system
+    then commits its journal once for all of them (ext4 and XFS join
+    concurrent waiters into one commit), where one after another each
+    would wait for a commit of its own.
+    """
+
+    def __init__(self, workers: int = SYNC_WORKERS) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="store-sync")
+
+    def sync_files(self, paths: Sequence[Path]) -> None:
+        """Flush the data of every file in ``paths``."""
+        descriptors: list[int] = []
+        try:
+            for path in paths:
+                descriptors.append(os.open(path, os.O_RDONLY))
+            if len(descriptors) == 1:
+                os.fdatasync(descriptors[0])
+                return
+            # Every flush ends before any descriptor is closed, even when
+            # one fails; then the first failure is raised.
+            flushes = [self._pool.submit(os.fdatasync, d) for d in descriptors]
+            concurrent.futures.wait(flushes)
+            for flush in flushes:
+                flush.result()
+        finally:
+            for descriptor in descriptors:
+                os.close(descriptor)
+
+    def sync_directory(self, directory: Path) -> None:
+        """Flush the entries of ``directory``."""
+        _fsync_directory(directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedObject:
+    """An object written to scratch space, neither durable nor visible yet.
+
+    ``is_shared`` marks a content-addressed object: finding its key already
+    stored when it is published means the same bytes are there, which is
+    success, not a conflict.
+    """
+
+    key: str
+    scratch: Path
+    retain_until: dt.datetime
+    is_shared: bool = False
+
+
 # An object without a lock record (written before locks existed, or whose
 # record was removed) is kept for ever rather than released.
 FOREVER = Lock(dt.datetime.max.replace(tzinfo=dt.timezone.utc))
@@ -101,13 +168,19 @@ class LocalWormStore:
     before the object itself so that no object is ever visible unlocked;
     the store refuses to shorten it or to delete a locked object.
 
+    ``put`` does this for one object.  ``stage`` and ``publish`` split it
+    for group commit: many objects are staged (written, not synced) by
+    concurrent writers, then published together, sharing the flushes
+    (see ``vault.commit``).  Every flush goes through ``syncer``.
+
     This protects against mistakes and bugs, not against root: anyone who
     can write these directories can still delete or edit files.  Use the
     S3 Object Lock store where deletion must be impossible.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, syncer: Syncer | None = None) -> None:
         self.root = Path(root)
+        self.syncer: Syncer = syncer or FileSyncer()
         self._objects = self.root / "objects"
         self._locks = self.root / "locks"
         self._scratch = self.root / "tmp"
@@ -131,22 +204,121 @@ class LocalWormStore:
     def put(self, key: str, data: bytes | Iterable[bytes], *,
             retain_until: dt.datetime) -> None:
         """Make ``data`` durable under ``key``, locked; see ObjectStore."""
-        target = self._objects / check_key(key)
-        if target.exists():
+        if (self._objects / check_key(key)).exists():
             raise ObjectExistsError(f"{key} already stored")
+        self.publish([[self.stage(key, data, retain_until=retain_until)]])
+
+    def stage(self, key: str, data: bytes | Iterable[bytes], *,
+              retain_until: dt.datetime, is_shared: bool = False) -> StagedObject:
+        """Write ``data`` to scratch space for a later ``publish``.
+
+        Nothing is synced or visible yet, and many threads may stage at
+        once.  Raises StoreError if the bytes cannot be written.
+        """
         scratch = self._scratch / f"{secrets.token_hex(8)}.part"
+        staged = StagedObject(check_key(key), scratch, retain_until, is_shared)
         try:
-            self._change_lock(key, retain_until=retain_until)
-            self._write_durably(scratch, data)
-            self._make_parents(target.parent)
-            os.link(scratch, target)
-            _fsync_directory(target.parent)
-        except FileExistsError:
-            raise ObjectExistsError(f"{key} already stored") from None
-        except OSError as err:
-            raise StoreError(f"cannot store {key}: {err.strerror or err}") from err
-        finally:
+            self._write(scratch, data)
+        except BaseException as err:
             scratch.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise StoreError(f"cannot store {key}: {err.strerror or err}") from err
+            raise
+        return staged
+
+    def discard(self, staged: Iterable[StagedObject]) -> None:
+        """Remove the scratch files of staged objects."""
+        for item in staged:
+            item.scratch.unlink(missing_ok=True)
+
+    def publish(self, tiers: Sequence[Sequence[StagedObject]]) -> None:
+        """Make staged objects durable and visible, tier after tier.
+
+        A batch costs one sync of every file's data, then one fsync per
+        directory touched: the lock records' directories, then each tier's
+        object directories in turn.  No object is visible before its bytes
+        and its lock record are durable, and none of a tier before every
+        object of the tiers before it is (so a receipt never names a
+        message that a crash could take away).
+
+        Raises StoreError for the whole batch on any failure, or
+        ObjectExistsError if a key not marked ``is_shared`` is taken.  The
+        objects of a failed batch that are not shared are taken back; a
+        shared one may stay, complete and locked, for a retry to find.
+        Staged objects are discarded either way.
+        """
+        staged = [item for tier in tiers for item in tier]
+        linked: list[Path] = []
+        try:
+            self._publish_locks(staged)
+            for tier in tiers:
+                self._link_tier(tier, linked)
+        except FileExistsError as err:
+            self._unpublish(linked)
+            raise ObjectExistsError(f"{err.filename} already stored") from None
+        except OSError as err:
+            self._unpublish(linked)
+            raise StoreError(f"cannot store {len(staged)} object(s): "
+                             f"{err.strerror or err}") from err
+        finally:
+            self.discard(staged)
+
+    def _publish_locks(self, staged: Sequence[StagedObject]) -> None:
+        # Under the mutex each record becomes the stronger of the one asked
+        # for and the one already there, whichever process wrote that.
+        with self._mutex():
+            wanted: dict[str, Lock] = {}
+            for item in staged:
+                current = wanted.get(item.key) or self._read_lock(item.key)
+                stronger = _stronger(current, item.retain_until)
+                if stronger != current:
+                    wanted[item.key] = stronger
+            records = {key: self._scratch / f"{secrets.token_hex(8)}.part"
+                       for key in wanted}
+            try:
+                for key, scratch in records.items():
+                    self._write(scratch, _lock_record(wanted[key]))
+                self.syncer.sync_files(
+                    [item.scratch for item in staged] + list(records.values()))
+                directories = set()
+                for key, scratch in records.items():
+                    path = self._locks / key
+                    self._make_parents(path.parent)
+                    os.replace(scratch, path)
+                    directories.add(path.parent)
+                self._sync_directories(directories)
+            finally:
+                for scratch in records.values():
+                    scratch.unlink(missing_ok=True)
+
+    def _link_tier(self, tier: Sequence[StagedObject], linked: list[Path]) -> None:
+        directories = set()
+        for item in tier:
+            target = self._objects / item.key
+            self._make_parents(target.parent)
+            try:
+                os.link(item.scratch, target)
+            except FileExistsError:
+                if item.is_shared:
+                    continue
+                raise
+            if not item.is_shared:
+                linked.append(target)
+            directories.add(target.parent)
+        self._sync_directories(directories)
+
+    def _unpublish(self, linked: Sequence[Path]) -> None:
+        # Only what nobody else can name is taken back: a shared object may
+        # already be named by another delivery's receipt.
+        for target in linked:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        with contextlib.suppress(OSError):
+            self._sync_directories({target.parent for target in linked})
+
+    def _sync_directories(self, directories: Iterable[Path]) -> None:
+        for directory in sorted(directories):
+            self.syncer.sync_directory(directory)
 
     def lock(self, key: str) -> Lock:
         """Return the lock recorded for ``key``."""
@@ -174,7 +346,7 @@ class LocalWormStore:
                 raise RetentionError(f"{key} is {reason}")
             target = self._objects / key
             target.unlink()
-            _fsync_directory(target.parent)
+            self.syncer.sync_directory(target.parent)
             (self._locks / key).unlink(missing_ok=True)
 
     def _read_lock(self, key: str) -> Lock | None:
@@ -197,15 +369,14 @@ class LocalWormStore:
             hold = legal_hold if legal_hold is not None else bool(current and current.legal_hold)
             if current == Lock(until, hold):
                 return
-            record = json.dumps({"retain_until": until.astimezone(dt.timezone.utc).isoformat(),
-                                 "legal_hold": hold}).encode()
             path = self._locks / key
             scratch = self._scratch / f"{secrets.token_hex(8)}.part"
             try:
-                self._write_durably(scratch, record)
+                self._write(scratch, _lock_record(Lock(until, hold)))
+                self.syncer.sync_files([scratch])
                 self._make_parents(path.parent)
                 os.replace(scratch, path)
-                _fsync_directory(path.parent)
+                self.syncer.sync_directory(path.parent)
             finally:
                 scratch.unlink(missing_ok=True)
 
@@ -252,14 +423,13 @@ class LocalWormStore:
             elif key > after:
                 yield key
 
-    def _write_durably(self, path: Path, data: bytes | Iterable[bytes]) -> None:
+    def _write(self, path: Path, data: bytes | Iterable[bytes]) -> None:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             for chunk in (data,) if isinstance(data, bytes) else data:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(descriptor, view):]
-            os.fsync(descriptor)
         finally:
             os.close(descriptor)
 
@@ -273,7 +443,20 @@ class LocalWormStore:
                 new.mkdir()
             except FileExistsError:
                 pass
-            _fsync_directory(new.parent)
+            self.syncer.sync_directory(new.parent)
+
+
+def _stronger(current: Lock | None, retain_until: dt.datetime) -> Lock:
+    if current is None:
+        return Lock(retain_until)
+    return Lock(max(current.retain_until, retain_until), current.legal_hold)
+
+
+def _lock_record(lock: Lock) -> bytes:
+    return json.dumps({
+        "retain_until": lock.retain_until.astimezone(dt.timezone.utc).isoformat(),
+        "legal_hold": lock.legal_hold,
+    }).encode()
 
 
 def _fsync_directory(directory: Path) -> None:

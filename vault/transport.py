@@ -106,7 +106,11 @@ class ArchiveSMTP(SMTP):
             await super().push(status)
             return
         assert self.session is not None
-        await self.handler.record_refusal(self.session, [], self._stock_replies[status])
+        # Counted against the journal address when the envelope names one,
+        # as every other answer to a message is (``vault.status``).
+        recipients = list(self.envelope.rcpt_tos) if self.envelope is not None else []
+        await self.handler.record_refusal(
+            self.session, recipients, self._stock_replies[status])
         await super().push(self._stock_replies[status])
 
     def data_received(self, data: bytes) -> None:
@@ -143,8 +147,12 @@ class ArchiveSMTP(SMTP):
             log.exception("%s: could not check a journal sender's password",
                           peer_host(self.session.peer),
                           extra={"event": "receiver.auth_unavailable"})
+            await self.handler.record_refusal(self.session, [], ERR_454_AUTH)
             return AuthResult(success=False, handled=False, message=ERR_454_AUTH)
         if name is None:
+            # A journal sender whose password changed stops journaling:
+            # count it, so status shows the source refused, not silent.
+            await self.handler.record_refusal(self.session, [], ERR_535_AUTH)
             return AuthResult(success=False, handled=False, message=ERR_535_AUTH)
         # Record the sender's name and nothing else: aiosmtpd's success
         # path would keep the credentials in the session.

@@ -1,0 +1,481 @@
+"""Measure the receiver against an SMTP server that does nothing.
+
+Issue #4 asks for these figures, all from one run on one machine.  The
+load generator is Postfix's ``smtp-source`` (Debian package ``postfix``,
+installed by ``scripts/install-peers``), sending over 20 parallel sessions
+that each keep their connection (``-d``), into:
+
+(a) ``smtp-sink``, Postfix's C server that discards: the ceiling;
+(b) a bare aiosmtpd server whose handler discards: what the SMTP library
+    alone costs, the baseline the archive is judged against;
+(c) ``strongroom serve`` on a new home, archiving durably (sealed, fsync'd,
+    answered 250 only once durable), with group commit, and
+(c0) the same without group commit (``receiver.group_commit = false``),
+(c1) with ``--receiver-alone``: serve's receiver without the catalogue
+     follower and portal, to tell the receiver's cost from the indexer's.
+
+Message sets: 10,000 messages of 100 kB and 10,000 of 10 kB (fewer with
+``--quick``).  For each: messages/s and MB/s (payload bytes, 10^6), and the
+ratios c/a and c/b.  Then the time from the end of DATA to the 250 reply,
+median and p99, measured by this script's own asyncio client (smtp-source
+cannot time replies), sending generated messages (text and a base64
+attachment, each distinct) over the same 20 sessions.
+
+Serve runs its catalogue follower too, which indexes what arrives on the
+same two cores: the figures are those of the archive as deployed.  Every
+measurement is repeated ``--rounds`` times with the servers interleaved, so
+that load from other processes falls on all alike, and the median kept.
+Nothing leaves 127.0.0.1; every file is written under one scratch
+directory that the run removes.  Run from the repository root::
+
+    python -m benchmarks.receiver_bench [--quick] [--json PATH] [--rounds N]
+                                        [--receiver-alone]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.vault_bench import email_message
+
+MB = 1_000_000
+SESSIONS = 20
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+JOURNAL = "journal@archive.test"
+SENDER = "mta@example.com"
+READY_SECONDS = 60.0
+RUN_TIMEOUT = 1800.0
+ADMIN_PASSWORD = "benchmark admin password"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much to send: the default run or a quick smoke run."""
+
+    name: str
+    sets: tuple[tuple[str, int, int], ...]  # label, messages, payload bytes
+    latency_messages: int
+    rounds: int
+
+
+DEFAULT_PLAN = Plan("default", (("100 kB", 10_000, 100_000), ("10 kB", 10_000, 10_000)),
+                    latency_messages=400, rounds=1)
+QUICK_PLAN = Plan("quick", (("100 kB", 1000, 100_000), ("10 kB", 2000, 10_000)),
+                  latency_messages=400, rounds=1)
+
+
+# The servers under test
+
+
+class Server:
+    """A server listening on a loopback port, started and stopped per run."""
+
+    name = ""
+    label = ""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = scratch / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT,
+                env=self.environment(), start_new_session=True)
+        wait_for_port(self.port, self.process, self.log)
+
+    def stop(self) -> None:
+        """Stop the server with SIGTERM (SIGKILL if it lingers)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Sink(Server):
+    """(a) Postfix's smtp-sink: accepts and discards, written in C."""
+
+    name, label = "sink", "(a) smtp-sink"
+
+    def command(self) -> list[str]:
+        # smtp-sink refuses to run as root without a user to drop to.
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        return [SMTP_SINK, *user, f"127.0.0.1:{self.port}", "256"]
+
+
+class BareAiosmtpd(Server):
+    """(b) aiosmtpd with a handler that discards, as our receiver sets it up."""
+
+    name, label = "aiosmtpd", "(b) bare aiosmtpd"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.receiver_bench",
+                "--discarding-server", str(self.port)]
+
+
+class Strongroom(Server):
+    """(c) strongroom serve on a new home, with or without group commit."""
+
+    def __init__(self, scratch: Path, group_commit: bool) -> None:
+        self.group_commit = group_commit
+        self.name = "strongroom" if group_commit else "strongroom-nogc"
+        self.label = ("(c) strongroom, group commit" if group_commit
+                      else "(c0) strongroom, no group commit")
+        super().__init__(scratch)
+        self.home = scratch / f"home-{self.name}-{secrets.token_hex(3)}"
+        self.web_port = free_port()
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "STRONGROOM_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "STRONGROOM_RECEIVER_GROUP_COMMIT": str(self.group_commit).lower()}
+
+    def start(self) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "web.cli", "init", "--home", str(self.home),
+             "--domain", "example.com"],
+            env=self.environment(), check=True, capture_output=True)
+        super().start()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "web.cli", "serve", "--home", str(self.home),
+                "--smtp-listen", f"127.0.0.1:{self.port}",
+                "--web-listen", f"127.0.0.1:{self.web_port}"]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class ReceiverOnly(Strongroom):
+    """(c1) the receiver of serve alone, without the follower and portal."""
+
+    def __init__(self, scratch: Path) -> None:
+        super().__init__(scratch, True)
+        self.name, self.label = "receiver", "(c1) receiver alone, group commit"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.receiver_bench",
+                "--receiver-only", str(self.home), str(self.port)]
+
+
+def run_receiver_only(home: Path, port: int) -> None:
+    """Run serve's receiver on ``home`` alone until SIGTERM."""
+    import signal
+    import threading
+
+    from vault.config import load
+    from vault.ingest import open_vault
+    from vault.receiver import JournalHandler, Receiver
+
+    settings = load(home)
+    receiving = settings.receiver
+    handler = JournalHandler(open_vault(settings), receiving.trusted_networks,
+                             receiving.max_recipients)
+    receiver = Receiver(handler, "127.0.0.1", port, receiving.hostname,
+                        receiving.max_message_size)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    receiver.start()
+    stop.wait()
+    receiver.stop()
+
+
+def run_discarding_server(port: int) -> None:
+    """Serve SMTP on ``port`` with aiosmtpd, discarding every message."""
+    from aiosmtpd.smtp import SMTP
+
+    class Discard:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 2.0.0 OK discarded"
+
+    loop = asyncio.new_event_loop()
+    handler = Discard()
+    server = loop.run_until_complete(loop.create_server(
+        lambda: SMTP(handler, data_size_limit=64 * MB, enable_SMTPUTF8=True,
+                     decode_data=False, hostname="discard.test"),
+        "127.0.0.1", port))
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+# Load
+
+
+def send_with_smtp_source(port: int, messages: int, payload: int) -> float:
+    """Send ``messages`` of ``payload`` bytes with smtp-source; return seconds."""
+    command = [SMTP_SOURCE, "-s", str(SESSIONS), "-d", "-m", str(messages),
+               "-l", str(payload), "-f", SENDER, "-t", JOURNAL, "-M", "bench.test",
+               f"127.0.0.1:{port}"]
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({completed.returncode}): "
+                           f"{completed.stderr.strip()}")
+    return elapsed
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("server closed the connection")
+        if line[3:4] != b"-":
+            return line
+
+
+async def _session(port: int, messages: list[bytes], delays: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await _read_reply(reader)
+        writer.write(b"EHLO latency.bench.test\r\n")
+        await _read_reply(reader)
+        for raw in messages:
+            for command in (f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{JOURNAL}>", "DATA"):
+                writer.write(command.encode() + b"\r\n")
+                reply = await _read_reply(reader)
+                if reply[:1] not in (b"2", b"3"):
+                    raise RuntimeError(f"{command}: {reply!r}")
+            writer.write(raw + b".\r\n")
+            await writer.drain()
+            sent = time.perf_counter()
+            reply = await _read_reply(reader)
+            delays.append(time.perf_counter() - sent)
+            if not reply.startswith(b"250"):
+                raise RuntimeError(f"end of DATA: {reply!r}")
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def measure_latency(port: int, messages: list[bytes]) -> list[float]:
+    """Send ``messages`` over SESSIONS sessions; return seconds to each 250."""
+    delays: list[float] = []
+
+    async def run() -> None:
+        await asyncio.gather(*(_session(port, messages[i::SESSIONS], delays)
+                               for i in range(SESSIONS)))
+
+    asyncio.run(run())
+    return delays
+
+
+def latency_messages(count: int, payload: int) -> list[bytes]:
+    """Return ``count`` distinct generated messages, dot-stuffed for DATA."""
+    result = []
+    for number in range(count):
+        raw = email_message(payload, seed=number)
+        if not raw.endswith(b"\r\n"):
+            raw += b"\r\n"
+        result.append(raw.replace(b"\r\n.", b"\r\n.."))
+    return result
+
+
+def tagged(messages: list[bytes], tag: str) -> list[bytes]:
+    """Make each message distinct from earlier runs by its Message-ID."""
+    marker = b"Message-ID: <"
+    return [raw.replace(marker, marker + f"{tag}.".encode(), 1) for raw in messages]
+
+
+# Measuring
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until ``port`` accepts; raise with the log if the process died."""
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not listen on {port}") from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    """Run ``server`` for the duration of the block."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Return the nearest-rank percentile ``share`` (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
+
+
+def make_servers(scratch: Path, receiver_alone: bool) -> list[Server]:
+    servers = [Sink(scratch), BareAiosmtpd(scratch), Strongroom(scratch, True),
+               Strongroom(scratch, False)]
+    return servers + [ReceiverOnly(scratch)] if receiver_alone else servers
+
+
+def run_benchmark(plan: Plan, scratch: Path, receiver_alone: bool = False) -> dict[str, Any]:
+    """Measure every server on every message set; return the figures."""
+    throughput: dict[str, dict[str, list[float]]] = {}
+    latency: dict[str, list[float]] = {}
+    names = {}
+    generated = latency_messages(plan.latency_messages, 100_000)
+    for round_number in range(plan.rounds):
+        for server in make_servers(scratch, receiver_alone):
+            names[server.name] = server.label
+            with running(server):
+                for label, count, payload in plan.sets:
+                    seconds = send_with_smtp_source(server.port, count, payload)
+                    throughput.setdefault(label, {}).setdefault(server.name, []).append(
+                        seconds)
+                    print(f"  round {round_number + 1}: {server.label:<34} {label:>7}: "
+                          f"{count / seconds:8.1f} msg/s", flush=True)
+                messages = tagged(generated, f"{server.name}.{round_number}")
+                delays = measure_latency(server.port, messages)
+                latency.setdefault(server.name, []).extend(delays)
+                print(f"  round {round_number + 1}: {server.label:<34} to 250: median "
+                      f"{statistics.median(delays) * 1000:.0f} ms, p99 "
+                      f"{percentile(delays, 0.99) * 1000:.0f} ms", flush=True)
+    return summarise(plan, names, throughput, latency)
+
+
+def summarise(plan: Plan, names: dict[str, str],
+              throughput: dict[str, dict[str, list[float]]],
+              latency: dict[str, list[float]]) -> dict[str, Any]:
+    """Turn the timings into the figures the issue asks for."""
+    figures: dict[str, Any] = {"sets": {}, "latency": {}}
+    for label, count, payload in plan.sets:
+        rows = {}
+        for name, timings in throughput[label].items():
+            seconds = statistics.median(timings)
+            rows[name] = {"label": names[name], "seconds": seconds,
+                          "msgs_per_s": count / seconds,
+                          "mb_per_s": count * payload / seconds / MB}
+        for name, row in rows.items():
+            row["ratio_to_sink"] = row["msgs_per_s"] / rows["sink"]["msgs_per_s"]
+            row["ratio_to_aiosmtpd"] = row["msgs_per_s"] / rows["aiosmtpd"]["msgs_per_s"]
+        figures["sets"][label] = {"messages": count, "payload_bytes": payload,
+                                  "servers": rows}
+    for name, delays in latency.items():
+        figures["latency"][name] = {
+            "label": names[name], "messages": len(delays),
+            "median_ms": statistics.median(delays) * 1000,
+            "p99_ms": percentile(delays, 0.99) * 1000}
+    return figures
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    print()
+    for label, figures_set in figures["sets"].items():
+        print(f"{figures_set['messages']} messages of {label} over {SESSIONS} sessions "
+              "(smtp-source -d):")
+        print(f"  {'server':<34} {'msg/s':>8} {'MB/s':>7} {'vs (a)':>7} {'vs (b)':>7}")
+        for row in figures_set["servers"].values():
+            print(f"  {row['label']:<34} {row['msgs_per_s']:8.1f} {row['mb_per_s']:7.1f} "
+                  f"{row['ratio_to_sink']:7.2f} {row['ratio_to_aiosmtpd']:7.2f}")
+    print(f"\nEnd of DATA to 250, 100 kB generated messages over {SESSIONS} sessions:")
+    print(f"  {'server':<34} {'median ms':>10} {'p99 ms':>8}")
+    for row in figures["latency"].values():
+        print(f"  {row['label']:<34} {row['median_ms']:10.1f} {row['p99_ms']:8.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the figures and optionally write JSON."""
+    arguments = _parse_arguments(argv)
+    if arguments.discarding_server:
+        run_discarding_server(arguments.discarding_server)
+        return 0
+    if arguments.receiver_only:
+        run_receiver_only(Path(arguments.receiver_only[0]), int(arguments.receiver_only[1]))
+        return 0
+    for program in (SMTP_SOURCE, SMTP_SINK):
+        if not os.access(program, os.X_OK):
+            print(f"receiver_bench: {program} is missing; run scripts/install-peers "
+                  "(Debian package postfix)", file=sys.stderr)
+            return 2
+    plan = QUICK_PLAN if arguments.quick else DEFAULT_PLAN
+    if arguments.rounds:
+        plan = dataclasses.replace(plan, rounds=arguments.rounds)
+    print(f"receiver benchmark, {plan.name} plan, {plan.rounds} round(s), "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="receiver-bench-", dir=arguments.tmp_dir))
+    try:
+        figures = run_benchmark(plan, scratch, arguments.receiver_alone)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    figures["plan"] = dataclasses.asdict(plan)
+    figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()}
+    print_figures(figures)
+    if arguments.json:
+        arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.receiver_bench",
+        description="Receiver throughput and time-to-250 against smtp-sink and aiosmtpd.")
+    parser.add_argument("--quick", action="store_true", help="a smaller smoke run")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures here")
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="repetitions of every measurement (median kept)")
+    parser.add_argument("--receiver-alone", action="store_true",
+                        help="also measure serve's receiver without follower and portal")
+    parser.add_argument("--tmp-dir", type=Path, metavar="DIR",
+                        help="where the scratch directory goes (default: system temp)")
+    parser.add_argument("--discarding-server", type=int, metavar="PORT",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--receiver-only", nargs=2, metavar=("HOME", "PORT"),
+                        help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
