@@ -96,6 +96,16 @@ class ControlSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EdiscoverySettings:
+    two_person_release: bool = False
+    two_person_disposition: bool = False
+    export_path: str = "exports"
+    signing_key_file: str = "keys/export-signing.pem"
+    volume_messages: int = 10_000
+    preview_sample: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The archive's typed, frozen settings; ``home`` anchors every path."""
 
@@ -108,6 +118,7 @@ class Settings:
     catalogue: CatalogueSettings = CatalogueSettings()
     control: ControlSettings = ControlSettings()
     retention: RetentionSettings = RetentionSettings()
+    ediscovery: EdiscoverySettings = EdiscoverySettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -224,6 +235,16 @@ def validate(settings: Settings) -> None:
     from vault.retention import RetentionPolicy
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)
+    _validate_ediscovery(settings.ediscovery)
+
+
+def _validate_ediscovery(ediscovery: EdiscoverySettings) -> None:
+    if ediscovery.volume_messages < 1:
+        raise ConfigError(f"setting ediscovery.volume_messages = "
+                          f"{ediscovery.volume_messages!r}: must be at least 1")
+    if not 0 <= ediscovery.preview_sample <= 1000:
+        raise ConfigError(f"setting ediscovery.preview_sample = "
+                          f"{ediscovery.preview_sample!r}: expected 0 to 1000")
 
 
 def _validate_receiver(receiver: ReceiverSettings) -> None:

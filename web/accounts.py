@@ -20,7 +20,7 @@ from vault.clock import now
 from vault.control import ControlDB
 from vault.ownership import OwnershipRules, normalise
 
-ROLES = ("user", "auditor", "admin")
+ROLES = ("user", "auditor", "compliance", "admin")
 MIN_PASSWORD_LENGTH = 12
 TOKEN_PREFIX = "srt_"
 

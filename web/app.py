@@ -66,6 +66,9 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     csrf.exempt(api)
     app.register_blueprint(portal)
     app.register_blueprint(api, url_prefix="/api/v1")
+    from web.roles import install_guard
+
+    install_guard(app)
     _register_errors(app)
     app.after_request(_security_headers)
     return app
