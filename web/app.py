@@ -66,9 +66,11 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     csrf.exempt(api)
     app.register_blueprint(portal)
     app.register_blueprint(api, url_prefix="/api/v1")
+    from web.cases import register as register_ediscovery
     from web.roles import install_guard
 
     install_guard(app)
+    register_ediscovery(app, settings)
     _register_errors(app)
     app.after_request(_security_headers)
     return app
