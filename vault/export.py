@@ -35,7 +35,7 @@ import re
 import shutil
 import threading
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vault import VaultError
-from vault.cases import Case, Cases, SavedSearch
+from vault.cases import Case, Cases, Match, SavedSearch
 from vault.clock import now
 from vault.config import Settings
 from vault.control import ControlDB
@@ -118,11 +118,18 @@ class Exporter:
                               + ", ".join(FORMATS))
         matches = self.cases.run(case, search, actor)
         state = self.cases.search(case, search.name).state
+        return self.create_job(case, search, matches, state, actor, format, destination)
+
+    def create_job(self, case: Case, search: SavedSearch, matches: Iterable[Match],
+                   state: dict[str, Any], actor: Principal, format: str,
+                   destination: str | Path | None = None) -> int:
+        """Freeze ``matches`` (a search's result at ``state``) as a new job."""
+        require(actor, EXPORT_RUN)
         with self.control.connect() as connection:
             job = connection.execute(
                 "INSERT INTO exports (case_id, search_id, format, path, total, operator,"
-                " created_at) VALUES (?, ?, ?, '', ?, ?, ?)",
-                (case.id, search.id, format, len(matches), actor.address,
+                " created_at) VALUES (?, ?, ?, '', 0, ?, ?)",
+                (case.id, search.id, format, actor.address,
                  now().isoformat())).lastrowid
             assert job is not None
             base = Path(destination) if destination else self.export_root / case.name
@@ -130,9 +137,12 @@ class Exporter:
             connection.execute("UPDATE exports SET path = ? WHERE id = ?", (str(folder), job))
         work = folder / WORK
         work.mkdir(parents=True, exist_ok=False)
+        total = 0
         with _durable(work / "items.jsonl") as handle:
             for match in matches:
                 handle.write(json.dumps(dataclasses.asdict(match), sort_keys=True) + "\n")
+                total += 1
+        self._set(job, total=total)
         job_record = {
             "job": job, "format": format, "operator": actor.address,
             "started_at": now().isoformat(),
@@ -146,7 +156,7 @@ class Exporter:
         with _durable(work / "job.json") as handle:
             handle.write(json.dumps(job_record, sort_keys=True))
         self.control.audit(actor.address, "export.started", case.name, job=job,
-                           search=search.name, format=format, messages=len(matches),
+                           search=search.name, format=format, messages=total,
                            path=str(folder), documents=state.get("documents"),
                            cursor=state.get("cursor"))
         return int(job)
