@@ -39,3 +39,9 @@ test: $(VENV)/.installed
 .PHONY: bench-vault
 bench-vault: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.vault_bench $(BENCH_ARGS)
+
+# Issue #6's export figures: BENCH_ARGS=--quick for a smoke run,
+# BENCH_ARGS="--json PATH" to keep every figure.
+.PHONY: bench-export
+bench-export: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.export_bench $(BENCH_ARGS)

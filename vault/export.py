@@ -69,6 +69,7 @@ _MBOX_FROM = re.compile(rb"^(>*From )", re.MULTILINE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
 
 Progress = Callable[[int, int], Callable[[int], None]]
+Record = Callable[..., None]
 
 
 class ExportError(VaultError):
@@ -229,16 +230,21 @@ class Exporter:
         record = json.loads((work / "job.json").read_text("utf-8"))
         total = row["total"]
         volumes = max(1, -(-total // self.volume_messages))
-        written = [n for n in range(1, volumes + 1) if (work / _volume(n, "json")).is_file()]
+        written = [n for n in range(1, volumes + 1) if (work / _volume(n, "jsonl")).is_file()]
         done = min(total, len(written) * self.volume_messages)
         tick = progress(total, done) if progress else (lambda count: None)
         writer = _WRITERS[row["format"]](self.vault)
         for number, items in enumerate(self._volumes(work), start=1):
             if number in written:
                 continue
-            volume = writer.write(folder, number, items, tick)
-            with _durable(work / _volume(number, "json")) as handle:
-                handle.write(json.dumps(volume, sort_keys=True))
+            # The volume's record is renamed into place only when the
+            # volume itself is durable: its presence marks the volume done.
+            with _durable(work / _volume(number, "jsonl")) as handle:
+                def note(entry: dict[str, Any], row: list[str] | None = None) -> None:
+                    handle.write(json.dumps({"item": entry, "row": row}, sort_keys=True)
+                                 + "\n")
+
+                writer.write(folder, number, items, tick, note)
             done += len(items)
             self._set(job, done=done)
         return self._finish(job, folder, record, writer, actor)
@@ -257,8 +263,8 @@ class Exporter:
     def _finish(self, job: int, folder: Path, record: dict[str, Any], writer: _Writer,
                 actor: Principal) -> ExportResult:
         work = folder / WORK
-        volume_files = sorted(work.glob("VOL*.json"))
-        writer.finish(folder, (json.loads(p.read_text("utf-8")) for p in volume_files))
+        volume_files = sorted(work.glob("VOL*.jsonl"))
+        writer.finish(folder, _records(volume_files))
         messages, message_bytes, files, file_bytes = _write_manifest(folder, volume_files,
                                                                      job)
         key = signing_key(self.key_path)
@@ -308,11 +314,11 @@ class _Writer:
         self.vault = vault
 
     def write(self, folder: Path, number: int, items: list[dict[str, Any]],
-              tick: Callable[[int], None]) -> dict[str, Any]:
-        """Write volume ``number``; return its record (items and files)."""
+              tick: Callable[[int], None], record: Record) -> None:
+        """Write volume ``number``, recording each item's manifest entry."""
         raise NotImplementedError
 
-    def finish(self, folder: Path, volumes: Iterator[dict[str, Any]]) -> None:
+    def finish(self, folder: Path, records: Iterator[dict[str, Any]]) -> None:
         """Write files that span volumes (load files); nothing by default."""
 
     def read(self, item: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
@@ -328,9 +334,8 @@ class _ZipWriter(_Writer):
     """A zip of original .eml files, one folder per custodian."""
 
     def write(self, folder: Path, number: int, items: list[dict[str, Any]],
-              tick: Callable[[int], None]) -> dict[str, Any]:
+              tick: Callable[[int], None], record: Record) -> None:
         name = _volume(number, "zip")
-        entries = []
         with _durable(folder / name, binary=True) as handle:
             with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 for item in items:
@@ -338,18 +343,16 @@ class _ZipWriter(_Writer):
                     entry.update(path=name, entry=f"{_custodian_folder(item)}/"
                                                   f"{item['message_id']}.eml")
                     archive.writestr(zipfile.ZipInfo(entry["entry"], _zip_time(item)), raw)
-                    entries.append(entry)
+                    record(entry)
                     tick(1)
-        return {"items": entries}
 
 
 class _MboxWriter(_Writer):
     """One mboxrd file per volume (lines starting ">*From " gain one '>')."""
 
     def write(self, folder: Path, number: int, items: list[dict[str, Any]],
-              tick: Callable[[int], None]) -> dict[str, Any]:
+              tick: Callable[[int], None], record: Record) -> None:
         name = _volume(number, "mbox")
-        entries = []
         offset = 0
         with _durable(folder / name, binary=True) as handle:
             for ordinal, item in enumerate(items, start=1):
@@ -364,21 +367,19 @@ class _MboxWriter(_Writer):
                 ending = b"\n\n" if not stored.endswith(b"\n") else b"\n"
                 handle.write(ending)
                 offset += len(stored) + len(ending)
-                entries.append(entry)
+                record(entry)
                 tick(1)
-        return {"items": entries}
 
 
 class _DatWriter(_Writer):
     """Native .eml files and a Concordance DAT (and CSV) load file."""
 
     def write(self, folder: Path, number: int, items: list[dict[str, Any]],
-              tick: Callable[[int], None]) -> dict[str, Any]:
+              tick: Callable[[int], None], record: Record) -> None:
         volume = f"NATIVES/{_volume(number, '')}".rstrip(".")
         scratch = folder / (volume + ".part")
         if scratch.exists():
             shutil.rmtree(scratch)
-        entries, rows = [], []
         for item in items:
             raw, entry = self.read(item)
             relative = f"{_custodian_folder(item)}/{item['message_id']}.eml"
@@ -386,14 +387,12 @@ class _DatWriter(_Writer):
             with _durable(scratch / relative, binary=True, atomic=False) as handle:
                 handle.write(raw)
             entry.update(path=f"{volume}/{relative}", entry="")
-            entries.append(entry)
-            rows.append(self._row(raw, item, entry))
+            record(entry, self._row(raw, item, entry))
             tick(1)
         if (folder / volume).exists():
             shutil.rmtree(folder / volume)
         os.replace(scratch, folder / volume)
         _fsync_directory(folder / "NATIVES")
-        return {"items": entries, "rows": rows}
 
     def _row(self, raw: bytes, item: dict[str, Any], entry: dict[str, Any]) -> list[str]:
         message = BytesParser(policy=compat32).parsebytes(raw)
@@ -427,7 +426,7 @@ class _DatWriter(_Writer):
         journal = {r for r in recipients if r.split("@")[0] == "journal"}
         return recipients - journal
 
-    def finish(self, folder: Path, volumes: Iterator[dict[str, Any]]) -> None:
+    def finish(self, folder: Path, records: Iterator[dict[str, Any]]) -> None:
         number = 0
         with _durable(folder / "loadfile.dat", binary=True) as dat, \
                 _durable(folder / "loadfile.csv", binary=True) as raw_csv:
@@ -435,12 +434,12 @@ class _DatWriter(_Writer):
             writer = csv.writer(text_csv)
             dat.write("\ufeff".encode("utf-8") + _dat_line(LOADFILE_FIELDS))
             writer.writerow(LOADFILE_FIELDS)
-            for volume in volumes:
-                for row in volume["rows"]:
-                    number += 1
-                    row[0] = f"SR{number:08d}"
-                    dat.write(_dat_line(row))
-                    writer.writerow(row)
+            for line in records:
+                row = line["row"]
+                number += 1
+                row[0] = f"SR{number:08d}"
+                dat.write(_dat_line(row))
+                writer.writerow(row)
             text_csv.flush()
             text_csv.detach()
 
@@ -458,12 +457,11 @@ def _write_manifest(folder: Path, volume_files: list[Path], job: int
     # Written inside .work/ (which the file listing skips) and moved out.
     with _durable(folder / MANIFEST, scratch=folder / WORK / MANIFEST) as handle:
         handle.write('{"format": 1, "job": %d, "items": [' % job)
-        for path in volume_files:
-            for entry in json.loads(path.read_text("utf-8"))["items"]:
-                handle.write(("\n" if not messages else ",\n")
-                             + json.dumps(entry, sort_keys=True))
-                messages += 1
-                message_bytes += entry["size"]
+        for line in _records(volume_files):
+            entry = line["item"]
+            handle.write(("\n" if not messages else ",\n") + json.dumps(entry, sort_keys=True))
+            messages += 1
+            message_bytes += entry["size"]
         handle.write('\n], "files": [')
         for relative in walk_files(folder):
             if relative in CONTROL_FILES or relative.startswith(WORK + "/"):
@@ -508,6 +506,14 @@ class _durable:
             self.scratch.unlink(missing_ok=True)
 
 
+def _records(volume_files: list[Path]) -> Iterator[dict[str, Any]]:
+    """Yield the item records of every volume, in order, one at a time."""
+    for path in volume_files:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+
 def _fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -532,24 +538,29 @@ def _custodian_folder(item: dict[str, Any]) -> str:
 
 
 def _zip_time(item: dict[str, Any]) -> tuple[int, int, int, int, int, int]:
-    # The time of the first receipt (when the archive received it); zip
-    # cannot store a date before 1980.
-    from vault.receipts import receipt_time
+    """Return the time of the first receipt (when the archive received it).
 
+    Read straight from the key's digits (``receipts/YYYY/MM/DD/HHMMSS...``),
+    which is many times cheaper than strptime per message; zip keeps two
+    seconds' resolution and no date before 1980.
+    """
     try:
-        moment = receipt_time(item["receipts"][0]) if item["receipts"] else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.year < 1980:
+        _, year, month, day, clock = item["receipts"][0].split("/")[:5]
+        moment = (int(year), int(month), int(day), int(clock[0:2]), int(clock[2:4]),
+                  int(clock[4:6]) // 2 * 2)
+    except (IndexError, ValueError):
         return (1980, 1, 1, 0, 0, 0)
-    return (moment.year, moment.month, moment.day, moment.hour, moment.minute,
-            moment.second - moment.second % 2)
+    return moment if moment[0] >= 1980 else (1980, 1, 1, 0, 0, 0)
 
 
 def _from_line(raw: bytes) -> bytes:
     # RFC 4155: "From " and the envelope sender, then a timestamp in the
     # fixed asctime form; the Date header gives the time where it can.
-    message = BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
+    # Only the header block is parsed; the body can be megabytes.
+    end = raw.find(b"\n\n")
+    crlf = raw.find(b"\r\n\r\n")
+    end = min(e for e in (end, crlf, len(raw)) if e >= 0)
+    message = BytesParser(policy=compat32).parsebytes(raw[:end + 1], headersonly=True)
     sender = email.utils.parseaddr(_header(message, "From"))[1] or "MAILER-DAEMON"
     sender = _UNSAFE.sub("_", sender)
     moment = _parsed_date(message) or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
