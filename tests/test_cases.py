@@ -157,3 +157,23 @@ def test_case_commands_on_the_command_line(home, capsys):
     assert audit_actions(home, "aud@example.com")[-1] == "denied"
     assert strongroom(["case", "hold", "kestrel", "merger", *base]) == 0
     assert "3 messages held" in capsys.readouterr().out
+
+
+def test_two_person_disposition_waits_for_a_second_person(tmp_path, monkeypatch, capsys):
+    home = make_home(tmp_path, monkeypatch,
+                     config="[ediscovery]\ntwo_person_disposition = true\n")
+    base = ["--home", str(home)]
+    assert strongroom(["purge", *base, "--actor", "comp@example.com"]) == 0
+    out = capsys.readouterr().out
+    request = out.split("Request ")[1].split()[0]
+    assert "Deleted" not in out
+    assert strongroom(["approve", request, *base, "--actor", "comp@example.com"]) == 2
+    assert "cannot approve it" in capsys.readouterr().err
+    assert strongroom(["approve", request, *base, "--actor", "bob@example.com"]) == 2
+    assert "may not disposition.run" in capsys.readouterr().err
+    assert strongroom(["approve", request, *base, "--actor", "comp2@example.com"]) == 0
+    # Nothing is past its ten-year retention; the purge ran and kept it all.
+    assert "kept 5 under retention" in capsys.readouterr().out
+    actions = audit_actions(home)
+    assert actions.index("approval.requested") < actions.index("approval.granted")
+    assert audit_actions(home, "comp2@example.com")[-1] == "approval.granted"
