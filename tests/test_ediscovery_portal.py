@@ -125,6 +125,8 @@ def test_compliance_officer_holds_exports_and_downloads_with_every_step_audited(
     assert "3 messages" in preview.get_data(as_text=True)
     assert post(officer, "/cases/kestrel/searches/merger/hold", page=page).status_code == 302
     assert "case:kestrel:merger" in officer.get(page).get_data(as_text=True)
+    listing = officer.get("/ediscovery/search?q=kestrel").get_data(as_text=True)
+    assert listing.count("on legal hold") == 3  # dave's is no custodian's
     assert post(officer, "/cases/kestrel/searches/merger/export", {"format": "dat"},
                 page=page).status_code == 302
     deadline = time.monotonic() + 60

@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import datetime as dt
 import email.utils
+import fcntl
 import hashlib
 import io
 import json
@@ -173,14 +174,20 @@ class Exporter:
         work = folder / WORK
         if not (work / "job.json").is_file():
             raise ExportError(f"export job {job}: {work} is gone; start a new export")
-        self._set(job, state="running", error="")
-        try:
-            result = self._run(job, folder, row, actor, progress)
-        except BaseException as err:
-            self._set(job, state="failed", error=f"{type(err).__name__}: {err}"[:500])
-            log.exception("export job %d failed", job, extra={"event": "export.failed"})
-            raise
-        return result
+        with open(work / "lock", "a") as lock:
+            # One runner per job, across threads and processes: a resume
+            # asked for while the job still runs is refused, not doubled.
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ExportError(f"export job {job} is running already") from None
+            self._set(job, state="running", error="")
+            try:
+                return self._run(job, folder, row, actor, progress)
+            except BaseException as err:
+                self._set(job, state="failed", error=f"{type(err).__name__}: {err}"[:500])
+                log.exception("export job %d failed", job, extra={"event": "export.failed"})
+                raise
 
     def run_in_background(self, job: int, actor: Principal) -> threading.Thread:
         """Run a job on a thread of its own; its row shows the progress."""

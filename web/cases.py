@@ -113,6 +113,9 @@ def search() -> Any:
         archive().control.audit(principal().address, "search", query=query, total=total,
                                 scope="all mailboxes")
     hits.sort(key=lambda hit: str(hit["date"] or ""), reverse=True)
+    holds = Holds(archive().control, archive().vault.store)
+    for hit in hits:
+        hit["held"] = holds.is_held(f"{MESSAGES}/{hit['id']}")
     return render_template("ediscovery_search.html", query=query, hits=hits, total=total,
                            error=error, limit=SEARCH_LIMIT)
 
@@ -129,7 +132,8 @@ def message(message_id: str) -> Any:
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:1024 * 1024])
     summary = [(name, header_text(headers, name)) for name in SUMMARY_HEADERS
                if headers.get(name) is not None]
-    return render_template("ediscovery_message.html", summary=summary, owners=owners,
+    held = Holds(archive().control, archive().vault.store).is_held(f"{MESSAGES}/{message_id}")
+    return render_template("ediscovery_message.html", summary=summary, owners=owners, held=held,
                            found=extract(raw, read_attachments=False), message_id=message_id)
 
 
