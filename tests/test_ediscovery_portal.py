@@ -175,3 +175,21 @@ def test_audit_viewer_filters_exports_csv_and_shows_the_chain(app, home):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [row["action"] for row in rows] == ["case.created"]
     assert rows[0]["actor"] == "comp@example.com" and rows[0]["target"] == "kestrel"
+
+
+def test_admin_token_reaches_no_mail_through_the_api(app, home):
+    from vault.control import ControlDB
+    from vault.ownership import OwnershipRules
+    from web.accounts import Accounts
+
+    auditor = signed_in(app, "aud@example.com")
+    message_id = ids_found(auditor, "kestrel")[0]
+    settings = load(home)
+    token = Accounts(ControlDB(settings.path(settings.control.database)),
+                     OwnershipRules(("example.com",))).create_token("admin@example.com")
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/search?q=kestrel", headers=headers).status_code == 403
+    assert client.get(f"/api/v1/messages/{message_id}/raw", headers=headers).status_code == 404
+    assert client.get("/api/v1/search?q=kestrel").status_code == 401
+    assert audit_actions(home, "admin@example.com")[-2:] == ["denied", "denied"]
