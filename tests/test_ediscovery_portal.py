@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
 import time
+import zipfile
 
 import pytest
 
@@ -139,6 +141,13 @@ def test_compliance_officer_holds_exports_and_downloads_with_every_step_audited(
     assert len(manifest["items"]) == 3
     assert officer.get(link.replace("manifest.json", "../../../keys/kek.json")
                        ).status_code == 404
+    natives = officer.get(link.replace("manifest.json", "NATIVES/VOL0001.zip"))
+    with zipfile.ZipFile(io.BytesIO(natives.get_data())) as volume:
+        names = sorted(volume.namelist())
+        assert len(names) == 3
+        for item in manifest["items"]:
+            inside = item["path"].removeprefix("NATIVES/VOL0001/")
+            assert hashlib.sha256(volume.read(inside)).hexdigest() == item["sha256"]
     actions = audit_actions(home, "comp@example.com")
     for step in ("case.created", "case.search_saved", "case.previewed", "hold.placed",
                  "case.held", "export.started", "export.finished", "export.downloaded"):

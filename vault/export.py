@@ -217,15 +217,19 @@ class Exporter:
                 " JOIN case_searches ON case_searches.id = search_id"
                 " WHERE exports.case_id = ? ORDER BY exports.id DESC", (case.id,))]
 
-    def download_path(self, case: Case, job: int, relative: str, actor: Principal) -> Path:
-        """Return a file of a finished export of ``case`` for a member to download."""
+    def download_path(self, case: Case, job: int, relative: str, actor: Principal, *,
+                      folder: bool = False) -> Path:
+        """Return a file (or, with ``folder``, a folder) of a finished export.
+
+        The caller has checked that ``actor`` is a member of ``case``.
+        """
         require(actor, EXPORT_DOWNLOAD)
         row = self.job(job)
         if row["case_id"] != case.id or row["state"] != "done":
             raise ExportError(f"no finished export {job} in case {case.name}")
-        folder = Path(row["path"]).resolve()
-        target = (folder / relative).resolve()
-        if folder not in target.parents or not target.is_file():
+        root = Path(row["path"]).resolve()
+        target = (root / relative).resolve()
+        if root not in target.parents or not (target.is_dir() if folder else target.is_file()):
             raise ExportError(f"no file {relative!r} in export {job}")
         self.control.audit(actor.address, "export.downloaded", case.name, job=job,
                            file=relative)
