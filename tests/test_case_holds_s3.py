@@ -18,7 +18,8 @@ from indexer.follow import Follower
 from tests.ediscovery import message
 from tests.peers.moto import moto_server  # noqa: F401 (a fixture)
 from vault import RetentionError
-from vault.cases import CaseHolds, Cases
+from vault.case_holds import CaseHolds
+from vault.cases import Cases
 from vault.control import ControlDB
 from vault.disposition import purge
 from vault.holds import Holds

@@ -9,7 +9,8 @@ import pytest
 from indexer.catalogue import Catalogue
 from tests.ediscovery import audit_actions, deliver, make_home, person
 from vault.approvals import ApprovalError
-from vault.cases import CaseError, CaseHolds, Cases
+from vault.case_holds import CaseHolds
+from vault.cases import CaseError, Cases
 from vault.config import load
 from vault.control import ControlDB
 from vault.holds import Holds
@@ -119,7 +120,7 @@ def test_two_person_release_needs_a_second_different_person(home):
 
 
 def test_future_mail_of_custodians_is_held_as_it_is_indexed(home):
-    from vault.cases import hold_new_deliveries
+    from vault.case_holds import hold_new_deliveries
 
     cases, holds, vault = services(home)
     comp = person(home, "comp@example.com")

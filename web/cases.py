@@ -26,7 +26,8 @@ from indexer import QueryError
 from indexer.extract import extract, header_text
 from vault import VaultError
 from vault.approvals import ApprovalError, pending
-from vault.cases import Case, CaseError, CaseHolds, Cases
+from vault.case_holds import CaseHolds
+from vault.cases import Case, CaseError, Cases
 from vault.config import Settings
 from vault.export import ExportError, Exporter
 from vault.holds import Holds

@@ -322,7 +322,7 @@ def _cases(settings: Settings, control: ControlDB) -> Any:
 
 
 def _case_holds(settings: Settings, cases: Any) -> Any:
-    from vault.cases import CaseHolds
+    from vault.case_holds import CaseHolds
     from vault.holds import Holds
     from vault.ingest import open_vault
 

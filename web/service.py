@@ -77,7 +77,7 @@ class Service:
             "follower", "ingest.batch", receipt_keys[0],
             last=receipt_keys[-1], receipts=len(receipt_keys))
         # Cases that hold their custodians' future mail take it now.
-        from vault.cases import hold_new_deliveries
+        from vault.case_holds import hold_new_deliveries
 
         hold_new_deliveries(ControlDB(self.settings.path(self.settings.control.database)),
                             self.vault, receipt_keys)
