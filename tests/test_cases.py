@@ -178,3 +178,23 @@ def test_two_person_disposition_waits_for_a_second_person(tmp_path, monkeypatch,
     actions = audit_actions(home)
     assert actions.index("approval.requested") < actions.index("approval.granted")
     assert audit_actions(home, "comp2@example.com")[-1] == "approval.granted"
+
+
+def test_two_person_release_on_the_command_line(tmp_path, monkeypatch, capsys):
+    home = make_home(tmp_path, monkeypatch, config="[ediscovery]\ntwo_person_release = true\n")
+    base = ["--home", str(home)]
+    first = [*base, "--actor", "comp@example.com"]
+    strongroom(["case", "create", "kestrel", "--custodian", "bob@example.com",
+                "--member", "comp2@example.com", *first])
+    strongroom(["case", "add-search", "kestrel", "merger", "--query", "merger", *first])
+    strongroom(["case", "hold", "kestrel", "merger", *first])
+    capsys.readouterr()
+    assert strongroom(["case", "release", "kestrel", *first]) == 0
+    request = capsys.readouterr().out.split("Request ")[1].split()[0]
+    cases, holds, vault = services(home)
+    case = cases.get("kestrel", person(home, "comp@example.com"))
+    assert holds.active_holds(case)
+    assert strongroom(["approve", request, *base, "--actor", "comp@example.com"]) == 2
+    assert strongroom(["approve", request, *base, "--actor", "comp2@example.com"]) == 0
+    assert "released case:kestrel" in capsys.readouterr().out
+    assert not holds.active_holds(case)
