@@ -104,6 +104,7 @@ def test_admin_opens_no_mail_content(app, home):
     auditor = signed_in(app, "aud@example.com")
     message_id = ids_found(auditor, "kestrel")[0]
     admin = signed_in(app, "admin@example.com", "admin password 1")
+    assert admin.get("/search").headers["Location"] == "/audit"
     assert admin.get("/search?q=kestrel").status_code == 403
     assert admin.get(f"/messages/{message_id}").status_code == 404
     assert admin.get(f"/messages/{message_id}/original.eml").status_code == 404

@@ -14,11 +14,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, g, redirect, request, url_for
 from flask_login import current_user, login_required
 from werkzeug.exceptions import Forbidden, NotFound
 
-from vault.roles import MAIL_OWN, Principal, allows, load_principal
+from vault.roles import AUDIT_VIEW, MAIL_OWN, Principal, allows, load_principal
 from web.archive import archive
 
 # Endpoint -> (capability, answer when refused).
@@ -70,23 +70,29 @@ def install_guard(app: Flask) -> None:
     """Check the capability of every endpoint in GUARDED_ENDPOINTS."""
 
     @app.before_request
-    def guard() -> None:
+    def guard() -> Any:
         rule = GUARDED_ENDPOINTS.get(request.endpoint or "")
         if rule is None:
-            return
+            return None
         if request.blueprint == "api":
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             user = None
             if scheme.lower() == "bearer" and token.strip():
                 user = archive().accounts.user_for_token(token.strip())
             if user is None:
-                return  # the view answers 401
+                return None  # the view answers 401
             g.api_user = user
         elif not current_user.is_authenticated:
-            return  # the view sends the reader to sign in
+            return None  # the view sends the reader to sign in
         capability, answer = rule
         if not allows(principal(), capability):
+            if request.endpoint == "portal.search" and not request.args.get("q"):
+                # The landing page after sign-in: send an administrator,
+                # who reads no mail, to the audit trail instead.
+                if allows(principal(), AUDIT_VIEW):
+                    return redirect(url_for("cases.audit"))
             refuse(capability, answer)
+        return None
 
     @app.context_processor
     def capabilities() -> dict[str, Any]:
