@@ -47,3 +47,8 @@ bench-vault: $(VENV)/.installed
 bench-receiver: $(VENV)/.installed
 	scripts/install-peers
 	$(VENV)/bin/python -m benchmarks.receiver_bench $(BENCH_ARGS)
+# Issue #6's export figures: BENCH_ARGS=--quick for a smoke run,
+# BENCH_ARGS="--json PATH" to keep every figure.
+.PHONY: bench-export
+bench-export: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.export_bench $(BENCH_ARGS)

@@ -138,6 +138,16 @@ class DownloadSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EdiscoverySettings:
+    two_person_release: bool = False
+    two_person_disposition: bool = False
+    export_path: str = "exports"
+    signing_key_file: str = "keys/export-signing.pem"
+    volume_messages: int = 10_000
+    preview_sample: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The archive's typed, frozen settings; ``home`` anchors every path."""
 
@@ -153,6 +163,7 @@ class Settings:
     accounts: AccountSettings = AccountSettings()
     restore: RestoreSettings = RestoreSettings()
     downloads: DownloadSettings = DownloadSettings()
+    ediscovery: EdiscoverySettings = EdiscoverySettings()
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the archive home."""
@@ -274,6 +285,16 @@ def validate(settings: Settings) -> None:
     if settings.downloads.max_messages < 1 or settings.downloads.max_bytes < 1:
         raise ConfigError("settings downloads.max_messages and downloads.max_bytes: "
                           "at least 1")
+    _validate_ediscovery(settings.ediscovery)
+
+
+def _validate_ediscovery(ediscovery: EdiscoverySettings) -> None:
+    if ediscovery.volume_messages < 1:
+        raise ConfigError(f"setting ediscovery.volume_messages = "
+                          f"{ediscovery.volume_messages!r}: must be at least 1")
+    if not 0 <= ediscovery.preview_sample <= 1000:
+        raise ConfigError(f"setting ediscovery.preview_sample = "
+                          f"{ediscovery.preview_sample!r}: expected 0 to 1000")
 
 
 def _validate_receiver(receiver: ReceiverSettings) -> None:
@@ -355,9 +376,9 @@ def _validate_accounts(accounts: AccountSettings) -> None:
             raise ConfigError(f"setting accounts.{name} = {getattr(accounts, name)!r}: "
                               "must be more than 0")
     for role in accounts.require_totp_roles:
-        if role not in ("user", "auditor", "admin"):
+        if role not in ("user", "auditor", "compliance", "admin"):
             raise ConfigError(f"setting accounts.require_totp_roles: unknown role {role!r}; "
-                              "expected user, auditor or admin")
+                              "expected user, auditor, compliance or admin")
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 _IMAP_FLAG = re.compile(r"\\(Seen|Answered|Flagged|Draft)|[A-Za-z0-9$_.-]{1,64}")
 

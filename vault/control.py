@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id            INTEGER PRIMARY KEY,
     address       TEXT NOT NULL UNIQUE,
-    role          TEXT NOT NULL CHECK (role IN ('user', 'auditor', 'admin')),
+    role          TEXT NOT NULL CHECK (role IN ('user', 'auditor', 'compliance', 'admin')),
     password_hash TEXT NOT NULL,
     created_at    TEXT NOT NULL,
     disabled      INTEGER NOT NULL DEFAULT 0
@@ -100,6 +101,87 @@ CREATE TABLE IF NOT EXISTS account_state (
 );
 CREATE INDEX IF NOT EXISTS audit_by_actor ON audit (actor, id);
 CREATE INDEX IF NOT EXISTS audit_by_target ON audit (target, id);
+""" + """
+CREATE TABLE IF NOT EXISTS role_grants (
+    address    TEXT NOT NULL,
+    capability TEXT NOT NULL,
+    PRIMARY KEY (address, capability)
+);
+CREATE TABLE IF NOT EXISTS role_scopes (
+    address TEXT NOT NULL,
+    domain  TEXT NOT NULL,
+    PRIMARY KEY (address, domain)
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id           INTEGER PRIMARY KEY,
+    action       TEXT NOT NULL,
+    target       TEXT NOT NULL DEFAULT '',
+    requested_by TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'executed', 'rejected')),
+    decided_by   TEXT,
+    decided_at   TEXT
+);
+CREATE TABLE IF NOT EXISTS cases (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    created_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    hold_future INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS case_members (
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    address TEXT NOT NULL,
+    PRIMARY KEY (case_id, address)
+);
+CREATE TABLE IF NOT EXISTS case_custodians (
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    mailbox TEXT NOT NULL,
+    PRIMARY KEY (case_id, mailbox)
+);
+CREATE INDEX IF NOT EXISTS case_custodians_by_mailbox ON case_custodians (mailbox);
+CREATE TABLE IF NOT EXISTS case_notes (
+    id      INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    author  TEXT NOT NULL,
+    at      TEXT NOT NULL,
+    text    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS case_searches (
+    id         INTEGER PRIMARY KEY,
+    case_id    INTEGER NOT NULL REFERENCES cases(id),
+    name       TEXT NOT NULL,
+    query      TEXT NOT NULL,
+    custodians TEXT NOT NULL DEFAULT '[]',
+    date_from  TEXT NOT NULL DEFAULT '',
+    date_to    TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (case_id, name)
+);
+CREATE TABLE IF NOT EXISTS case_holds (
+    hold_name TEXT PRIMARY KEY REFERENCES holds(name),
+    case_id   INTEGER NOT NULL REFERENCES cases(id),
+    search_id INTEGER REFERENCES case_searches(id)
+);
+CREATE TABLE IF NOT EXISTS exports (
+    id          INTEGER PRIMARY KEY,
+    case_id     INTEGER NOT NULL REFERENCES cases(id),
+    search_id   INTEGER NOT NULL REFERENCES case_searches(id),
+    format      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'queued',
+    total       INTEGER NOT NULL DEFAULT 0,
+    done        INTEGER NOT NULL DEFAULT 0,
+    bytes       INTEGER NOT NULL DEFAULT 0,
+    operator    TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    finished_at TEXT,
+    error       TEXT NOT NULL DEFAULT ''
+);
 """
 
 
@@ -113,6 +195,8 @@ class ControlDB:
         """Create the schema; safe to call on an existing database."""
         with self.connect() as connection:
             connection.execute("PRAGMA journal_mode=WAL")
+        migrate_user_roles(self.path)
+        with self.connect() as connection:
             connection.executescript(SCHEMA)
 
     @contextlib.contextmanager
@@ -175,3 +259,49 @@ class ControlDB:
         connection.execute(
             "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
             (now().isoformat(), actor, action, target, json.dumps(detail, sort_keys=True)))
+_ROLE_CHECK = re.compile(r"(CHECK\s*\(\s*role\s+IN\s*\([^)]*)(\)\s*\))", re.IGNORECASE)
+
+
+def migrate_user_roles(path: Path) -> None:
+    """Widen an older database's users.role CHECK to accept 'compliance'.
+
+    SQLite cannot alter a CHECK constraint, so the table is rebuilt the way
+    SQLite's documentation prescribes (section 7 of "ALTER TABLE"): with
+    foreign keys off, in one transaction, create the new table, copy the
+    rows, drop the old one, rename the new one into place, and check the
+    foreign keys before committing.  A crash leaves the old table intact.
+    """
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        row = connection.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'users'"
+        ).fetchone()
+        if row is None or "'compliance'" in row[0]:
+            return
+        connection.execute("PRAGMA foreign_keys=OFF")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Rebuild from the table's own definition, so that columns
+            # added since (by ALTER TABLE) come across too.
+            widened = _ROLE_CHECK.sub(r"\1, 'compliance'\2", row[0], count=1)
+            indexes = [index for (index,) in connection.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = 'users' AND sql IS NOT NULL")]
+            widened = widened.replace("users", "users_widened", 1)
+            connection.execute(widened)
+            columns = ", ".join(
+                f'"{column[1]}"' for column in connection.execute("PRAGMA table_info(users)"))
+            connection.execute(
+                f"INSERT INTO users_widened ({columns}) SELECT {columns} FROM users")
+            connection.execute("DROP TABLE users")
+            connection.execute("ALTER TABLE users_widened RENAME TO users")
+            for index in indexes:
+                connection.execute(index)
+            if connection.execute("PRAGMA foreign_key_check").fetchall():
+                raise sqlite3.IntegrityError("foreign keys broken by the users migration")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+    finally:
+        connection.close()

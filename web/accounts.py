@@ -21,7 +21,7 @@ from vault.control import ControlDB
 from vault.ownership import OwnershipRules, normalise
 from web.passwords import PasswordBook, PasswordPolicy, PasswordRefused
 
-ROLES = ("user", "auditor", "admin")
+ROLES = ("user", "auditor", "compliance", "admin")
 MIN_PASSWORD_LENGTH = 12
 TOKEN_PREFIX = "srt_"
 

@@ -75,6 +75,11 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     from web.reading import reading
 
     app.register_blueprint(reading, downloads=settings.downloads)
+    from web.cases import register as register_ediscovery
+    from web.roles import install_guard
+
+    install_guard(app)
+    register_ediscovery(app, settings)
     _register_errors(app)
     app.after_request(_security_headers)
     return app

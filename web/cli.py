@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 2
     finally:
         os.umask(previous_umask)
-    _seal_audit(Path(arguments.home))
+    if arguments.home is not None:
+        _seal_audit(Path(arguments.home))
     return status
 
 
@@ -290,6 +291,11 @@ def purge(arguments: argparse.Namespace) -> int:
     from vault.ingest import open_vault
 
     settings = _settings(arguments)
+    if (settings.ediscovery.two_person_disposition and not arguments.dry_run
+            and not getattr(arguments, "approved", False)):
+        from web.ediscovery_cli import request_disposition
+
+        return request_disposition(settings, arguments.actor)
     vault = open_vault(settings)
     control = _control(settings)
     catalogue = Catalogue(settings.path(settings.catalogue.path))
@@ -418,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION")
     sub = command("add", user_add, "create an account", parent=users)
     sub.add_argument("address")
-    sub.add_argument("--role", default="user", choices=("user", "auditor", "admin"))
+    sub.add_argument("--role", default="user", choices=("user", "auditor", "compliance", "admin"))
     sub.add_argument("--alias", action="append", default=[],
                      help="another mailbox this user owns (repeatable)")
     sub.add_argument("--password-stdin", action="store_true",
@@ -475,6 +481,10 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION")
     sub = command("create", token_create, "create an API token and print it", parent=tokens)
     sub.add_argument("address")
+
+    from web.ediscovery_cli import add_commands
+
+    add_commands(commands, command)
     return parser
 
 

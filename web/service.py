@@ -76,6 +76,11 @@ class Service:
         ControlDB(self.settings.path(self.settings.control.database)).audit(
             "follower", "ingest.batch", receipt_keys[0],
             last=receipt_keys[-1], receipts=len(receipt_keys))
+        # Cases that hold their custodians' future mail take it now.
+        from vault.case_holds import hold_new_deliveries
+
+        hold_new_deliveries(ControlDB(self.settings.path(self.settings.control.database)),
+                            self.vault, receipt_keys)
 
     def _seal_audit(self) -> None:
         control = ControlDB(self.settings.path(self.settings.control.database))

@@ -1,0 +1,310 @@
+"""Export volumes: how each format lays a run of messages down on disk.
+
+A *volume* is a fixed number of consecutive items of an export job
+(``vault.export``).  Each format has a writer that writes one volume and
+reports each message's manifest entry (and, for the load file, its row)
+through a ``record`` callback as it goes, so nothing accumulates in memory:
+
+- zip: ``VOLnnnn.zip`` of original ``.eml`` files under
+  ``<custodian>/<message-id>.eml``, stored (not deflated) so that the bytes
+  inside are the archived bytes;
+- mbox: ``VOLnnnn.mbox`` in mboxrd form (RFC 4155 "From " separator lines;
+  any line starting with zero or more '>' and "From " gains one '>');
+- dat: ``NATIVES/VOLnnnn/<custodian>/<message-id>.eml`` plus, once every
+  volume is written, ``loadfile.dat`` (Concordance: UTF-8 with a BOM, fields
+  in þ separated by DC4, newlines inside a field as ®) and the same rows in
+  ``loadfile.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import email.utils
+import hashlib
+import io
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+from pathlib import Path
+from typing import IO, Any
+
+from vault import VaultError
+from vault.ingest import MESSAGES, Vault
+
+# Concordance's defaults: fields separated by DC4 (shown as ¶), each
+# quoted in þ, and newlines inside a field written as ®.
+DAT_DELIMITER, DAT_QUOTE, DAT_NEWLINE = "\x14", "\u00fe", "\u00ae"
+LOADFILE_FIELDS = ("BEGDOC", "CUSTODIAN", "ALL_CUSTODIANS", "FROM", "TO", "CC", "BCC",
+                   "DATE_SENT", "SUBJECT", "MESSAGE_ID", "ATTACHMENT_NAMES",
+                   "ATTACHMENT_COUNT", "FILE_PATH", "SHA256", "RECEIPTS")
+_MBOX_FROM = re.compile(rb"^(>*From )", re.MULTILINE)
+_UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
+
+Record = Callable[..., None]
+
+
+class Writer:
+    """Write one volume of items; the base keeps what every format shares."""
+
+    suffix = ""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+              tick: Callable[[int], None], record: Record) -> None:
+        """Write volume ``number``, recording each item's manifest entry."""
+        raise NotImplementedError
+
+    def finish(self, folder: Path, records: Iterator[dict[str, Any]]) -> None:
+        """Write files that span volumes (load files); nothing by default."""
+
+    def read(self, item: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        """Return a message's bytes and its manifest entry (without where)."""
+        raw = self.vault.read_message(f"{MESSAGES}/{item['message_id']}")
+        entry = {"id": item["message_id"], "sha256": hashlib.sha256(raw).hexdigest(),
+                 "size": len(raw), "receipts": list(item["receipts"]),
+                 "custodians": list(item["custodians"])}
+        return raw, entry
+
+
+class _ZipWriter(Writer):
+    """A zip of original .eml files, one folder per custodian."""
+
+    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+              tick: Callable[[int], None], record: Record) -> None:
+        name = volume_name(number, "zip")
+        with durable(folder / name, binary=True) as handle:
+            with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for item in items:
+                    raw, entry = self.read(item)
+                    entry.update(path=name, entry=f"{_custodian_folder(item)}/"
+                                                  f"{item['message_id']}.eml")
+                    archive.writestr(zipfile.ZipInfo(entry["entry"], _zip_time(item)), raw)
+                    record(entry)
+                    tick(1)
+
+
+class _MboxWriter(Writer):
+    """One mboxrd file per volume (lines starting ">*From " gain one '>')."""
+
+    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+              tick: Callable[[int], None], record: Record) -> None:
+        name = volume_name(number, "mbox")
+        offset = 0
+        with durable(folder / name, binary=True) as handle:
+            for ordinal, item in enumerate(items, start=1):
+                raw, entry = self.read(item)
+                separator = _from_line(raw)
+                stored = _MBOX_FROM.sub(rb">\1", raw)
+                handle.write(separator)
+                offset += len(separator)
+                handle.write(stored)
+                entry.update(path=name, entry=f"#{ordinal}", mbox_offset=offset,
+                             mbox_length=len(stored))
+                ending = b"\n\n" if not stored.endswith(b"\n") else b"\n"
+                handle.write(ending)
+                offset += len(stored) + len(ending)
+                record(entry)
+                tick(1)
+
+
+class _DatWriter(Writer):
+    """Native .eml files and a Concordance DAT (and CSV) load file."""
+
+    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+              tick: Callable[[int], None], record: Record) -> None:
+        volume = f"NATIVES/{volume_name(number, '')}".rstrip(".")
+        scratch = folder / (volume + ".part")
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        for item in items:
+            raw, entry = self.read(item)
+            relative = f"{_custodian_folder(item)}/{item['message_id']}.eml"
+            (scratch / relative).parent.mkdir(parents=True, exist_ok=True)
+            with durable(scratch / relative, binary=True, atomic=False, sync=False) as handle:
+                handle.write(raw)
+            entry.update(path=f"{volume}/{relative}", entry="")
+            record(entry, self._row(raw, item, entry))
+            tick(1)
+        # One sync for the whole volume instead of an fsync per native file
+        # (thousands of journal commits); the volume is renamed into place
+        # only after it.
+        os.sync()
+        if (folder / volume).exists():
+            shutil.rmtree(folder / volume)
+        os.replace(scratch, folder / volume)
+        fsync_directory(folder / "NATIVES")
+
+    def _row(self, raw: bytes, item: dict[str, Any], entry: dict[str, Any]) -> list[str]:
+        message = BytesParser(policy=compat32).parsebytes(raw)
+        to, cc = _header(message, "To"), _header(message, "Cc")
+        named = {address.lower() for _, address in email.utils.getaddresses([to, cc])}
+        bcc = [_header(message, "Bcc")] if message.get("Bcc") else []
+        bcc += sorted(self._envelope_recipients(item) - named)
+        attachments = [_decoded(part.get_filename() or "") for part in message.walk()
+                       if part.get_filename()]
+        custodians = list(item["custodians"])
+        return [
+            "", custodians[0] if custodians else "", "; ".join(custodians),
+            _header(message, "From"), to, cc, "; ".join(filter(None, bcc)),
+            _date_sent(message), _header(message, "Subject"),
+            _header(message, "Message-ID"), "; ".join(attachments),
+            str(len(attachments)), entry["path"], entry["sha256"],
+            "; ".join(item["receipts"]),
+        ]
+
+    def _envelope_recipients(self, item: dict[str, Any]) -> set[str]:
+        # Bcc recipients appear in no header: the journal report and the
+        # envelope of each receipt are where the archive learned of them.
+        recipients: set[str] = set()
+        for key in item["receipts"]:
+            try:
+                receipt = self.vault.read_receipt(key)
+            except VaultError:
+                continue
+            recipients.update(r.lower() for r in (*receipt.rcpt_tos,
+                                                  *receipt.report_recipients))
+        journal = {r for r in recipients if r.split("@")[0] == "journal"}
+        return recipients - journal
+
+    def finish(self, folder: Path, records: Iterator[dict[str, Any]]) -> None:
+        number = 0
+        with durable(folder / "loadfile.dat", binary=True) as dat, \
+                durable(folder / "loadfile.csv", binary=True) as raw_csv:
+            text_csv = io.TextIOWrapper(raw_csv, encoding="utf-8", newline="")
+            writer = csv.writer(text_csv)
+            dat.write("\ufeff".encode("utf-8") + _dat_line(LOADFILE_FIELDS))
+            writer.writerow(LOADFILE_FIELDS)
+            for line in records:
+                row = line["row"]
+                number += 1
+                row[0] = f"SR{number:08d}"
+                dat.write(_dat_line(row))
+                writer.writerow(row)
+            text_csv.flush()
+            text_csv.detach()
+
+
+WRITERS: dict[str, type[Writer]] = {"zip": _ZipWriter, "mbox": _MboxWriter,
+                                      "dat": _DatWriter}
+
+
+class durable:
+    """Open a file to write; on success fsync it and (atomically) put it in place."""
+
+    def __init__(self, path: Path, *, binary: bool = False, atomic: bool = True,
+                 scratch: Path | None = None, sync: bool = True) -> None:
+        self.path = Path(path)
+        self.scratch = self.path.with_name(self.path.name + ".part") if atomic else self.path
+        self.scratch = scratch or self.scratch
+        self.binary = binary
+        self.sync = sync
+
+    def __enter__(self) -> Any:
+        if self.binary:
+            self.handle: IO[Any] = open(self.scratch, "wb")
+        else:
+            self.handle = open(self.scratch, "w", encoding="utf-8")
+        return self.handle
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        try:
+            if kind is None:
+                self.handle.flush()
+                if self.sync:
+                    os.fsync(self.handle.fileno())
+        finally:
+            self.handle.close()
+        if kind is None and self.scratch != self.path:
+            os.replace(self.scratch, self.path)
+            fsync_directory(self.path.parent)
+        elif kind is not None and self.scratch != self.path:
+            self.scratch.unlink(missing_ok=True)
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def volume_name(number: int, suffix: str) -> str:
+    return f"VOL{number:04d}.{suffix}"
+
+
+def _custodian_folder(item: dict[str, Any]) -> str:
+    custodians = item["custodians"]
+    return _UNSAFE.sub("_", custodians[0]) if custodians else "_unassigned"
+
+
+def _zip_time(item: dict[str, Any]) -> tuple[int, int, int, int, int, int]:
+    """Return the time of the first receipt (when the archive received it).
+
+    Read straight from the key's digits (``receipts/YYYY/MM/DD/HHMMSS...``),
+    which is many times cheaper than strptime per message; zip keeps two
+    seconds' resolution and no date before 1980.
+    """
+    try:
+        _, year, month, day, clock = item["receipts"][0].split("/")[:5]
+        moment = (int(year), int(month), int(day), int(clock[0:2]), int(clock[2:4]),
+                  int(clock[4:6]) // 2 * 2)
+    except (IndexError, ValueError):
+        return (1980, 1, 1, 0, 0, 0)
+    return moment if moment[0] >= 1980 else (1980, 1, 1, 0, 0, 0)
+
+
+def _from_line(raw: bytes) -> bytes:
+    # RFC 4155: "From " and the envelope sender, then a timestamp in the
+    # fixed asctime form; the Date header gives the time where it can.
+    # Only the header block is parsed; the body can be megabytes.
+    end = raw.find(b"\n\n")
+    crlf = raw.find(b"\r\n\r\n")
+    end = min(e for e in (end, crlf, len(raw)) if e >= 0)
+    message = BytesParser(policy=compat32).parsebytes(raw[:end + 1], headersonly=True)
+    sender = email.utils.parseaddr(_header(message, "From"))[1] or "MAILER-DAEMON"
+    sender = _UNSAFE.sub("_", sender)
+    moment = _parsed_date(message) or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return f"From {sender} {moment:%a %b %d %H:%M:%S %Y}\n".encode("ascii")
+
+
+def _header(message: Message, name: str) -> str:
+    value = message.get(name)
+    return "" if value is None else _decoded(str(value))
+
+
+def _decoded(value: str) -> str:
+    try:
+        return " ".join(str(make_header(decode_header(value))).split())
+    except (ValueError, LookupError, UnicodeError):
+        return " ".join(value.split())
+
+
+def _parsed_date(message: Message) -> dt.datetime | None:
+    try:
+        moment = email.utils.parsedate_to_datetime(str(message.get("Date", "")))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def _date_sent(message: Message) -> str:
+    moment = _parsed_date(message)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+def _dat_line(values: Any) -> bytes:
+    fields = (DAT_QUOTE + str(value).replace("\r\n", DAT_NEWLINE).replace(
+        "\n", DAT_NEWLINE).replace(DAT_QUOTE, "") + DAT_QUOTE for value in values)
+    return (DAT_DELIMITER.join(fields) + "\r\n").encode("utf-8")
