@@ -212,13 +212,13 @@ def sender_remove(arguments: argparse.Namespace) -> int:
 
 def verify(arguments: argparse.Namespace) -> int:
     """Open and cross-check every object; exit 1 if anything is wrong."""
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.ingest import open_vault
     from vault.verification import verify as verify_vault
 
     settings = _settings(arguments)
     vault = open_vault(settings)
-    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    catalogue = open_catalogue(settings)
     report = verify_vault(vault, catalogue_ids=catalogue.ids(), sample=arguments.sample,
                           progress=_progress_bar)
     control = _control(settings)
@@ -250,13 +250,13 @@ def keys_rotate(arguments: argparse.Namespace) -> int:
 
 def hold_place(arguments: argparse.Namespace) -> int:
     """Hold every message matching a query, in every mailbox, with its receipts."""
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.holds import Holds
     from vault.ingest import MESSAGES, open_vault
 
     settings = _settings(arguments)
     vault = open_vault(settings)
-    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    catalogue = open_catalogue(settings)
     keys = []
     for message_id in catalogue.matching_ids(arguments.query):
         keys.append(f"{MESSAGES}/{message_id}")
@@ -284,7 +284,7 @@ def hold_release(arguments: argparse.Namespace) -> int:
 
 def purge(arguments: argparse.Namespace) -> int:
     """Delete what is past retention and not held; --dry-run only lists it."""
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.disposition import purge as purge_vault
     from vault.holds import Holds
     from vault.ingest import open_vault
@@ -292,7 +292,7 @@ def purge(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     vault = open_vault(settings)
     control = _control(settings)
-    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    catalogue = open_catalogue(settings)
     report = purge_vault(vault, control, Holds(control, vault.store), actor=arguments.actor,
                          dry_run=arguments.dry_run, remove_documents=catalogue.delete)
     verb = "Would delete" if arguments.dry_run else "Deleted"
