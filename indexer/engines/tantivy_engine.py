@@ -140,8 +140,9 @@ class TantivyEngine:
                 writer.rollback()
                 raise
             finally:
-                # Dropping the writer releases the index lock for others.
-                del writer
+                # Release the index lock now: a traceback kept by a log
+                # handler may hold this frame, and the writer, for long.
+                writer.wait_merging_threads()
             self._index.reload()
 
     def _writer(self) -> tantivy.IndexWriter:
