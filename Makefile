@@ -39,3 +39,9 @@ test: $(VENV)/.installed
 .PHONY: bench-vault
 bench-vault: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.vault_bench $(BENCH_ARGS)
+
+# Issue #5's catalogue figures for both engines: BENCH_ARGS=--quick for a
+# smoke run, BENCH_ARGS="--json PATH" to keep every figure.
+.PHONY: bench-catalogue
+bench-catalogue: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.catalogue_bench $(BENCH_ARGS)

@@ -287,6 +287,24 @@ class Catalogue:
         hits = [_hit(record, words) for record in found.records]
         return Results(found.total, page, per_page, hits, sort, found.facets)
 
+    def search_every_mailbox(self, text: str | query_tree.Node, *, page: int = 1,
+                             per_page: int = 20, zone: str = "UTC", sort: str = "date",
+                             facets: bool = True) -> Results:
+        """Search across all mailboxes, for the auditor roles only (issue #6).
+
+        Never reachable from an end user's request: the portal and the API
+        call ``search`` with the user's owners.
+        """
+        if sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}")
+        node = text if not isinstance(text, str) else query_tree.parse(text, zone=zone)
+        found = self._engine_now().search(
+            node, None, offset=(page - 1) * per_page, limit=per_page, sort=sort,
+            facets=facets)
+        words = snippet_words(node)
+        return Results(found.total, page, per_page,
+                       [_hit(record, words) for record in found.records], sort, found.facets)
+
     def matching_ids(self, text: str) -> list[str]:
         """Return the id of every document matching ``text``, in any mailbox.
 
