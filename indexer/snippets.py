@@ -36,9 +36,8 @@ def snippet_runs(text: str, words: tuple[set[str], tuple[str, ...]]) -> list[tup
 
     Without a match, the start of the text is the snippet.
     """
-    whole, prefixes = words
-    matches = [match for match in _WORD.finditer(text)
-               if _is_match(match.group().lower(), whole, prefixes)]
+    pattern = _pattern(words)
+    matches = _first_matches(pattern, text) if pattern else []
     if not matches:
         return [(text[:PLAIN_CHARS], False)] if text else []
     runs: list[tuple[str, bool]] = []
@@ -58,8 +57,30 @@ def snippet_runs(text: str, words: tuple[set[str], tuple[str, ...]]) -> list[tup
     return runs
 
 
-def _is_match(word: str, whole: set[str], prefixes: tuple[str, ...]) -> bool:
-    return word in whole or any(word.startswith(prefix) for prefix in prefixes)
+def _pattern(words: tuple[set[str], tuple[str, ...]]) -> re.Pattern[str] | None:
+    # One expression for all the words, so the scan runs in the regex
+    # engine, not word by word in Python.
+    whole, prefixes = words
+    choices = [re.escape(word) for word in sorted(whole)]
+    choices += [re.escape(prefix) + r"\w*" for prefix in prefixes]
+    if not choices:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(choices) + r")(?!\w)", re.IGNORECASE)
+
+
+def _first_matches(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
+    # Enough matches to fill the fragments; the rest of the text is not read.
+    matches: list[re.Match[str]] = []
+    windows = 0
+    reach = -1
+    for match in pattern.finditer(text):
+        if match.start() - SURROUND_CHARS > reach:
+            windows += 1
+            if windows > MAX_FRAGMENTS:
+                break
+        reach = match.end() + SURROUND_CHARS
+        matches.append(match)
+    return matches
 
 
 def _windows(matches: list[re.Match[str]], length: int) -> list[tuple[int, int]]:
