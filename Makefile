@@ -52,3 +52,8 @@ bench-receiver: $(VENV)/.installed
 .PHONY: bench-export
 bench-export: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.export_bench $(BENCH_ARGS)
+# Issue #5's catalogue figures for both engines: BENCH_ARGS=--quick for a
+# smoke run, BENCH_ARGS="--json PATH" to keep every figure.
+.PHONY: bench-catalogue
+bench-catalogue: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.catalogue_bench $(BENCH_ARGS)

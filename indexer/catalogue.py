@@ -1,137 +1,93 @@
-"""The Whoosh catalogue: one document per stored message, found by owner.
+"""The catalogue: one document per stored message, found by owner.
 
-Every end-user query carries the set of mailboxes the user may see; the
-catalogue applies it as a filter inside the engine, so no result outside
-that set is ever scored, counted or returned.  Dates are stored as naive
-UTC because Whoosh drops an offset without converting it (case B22).
+The catalogue speaks to a search engine through :class:`Engine`; the
+portal, the API, the CLI and the follower speak only to
+:class:`Catalogue`, which parses the archive's query language into its
+own tree (:mod:`indexer.query`) and hands the tree to the engine to
+compile.  Every end-user search carries the owner set it may see; the
+engine applies it as a filter inside its own query, so no result outside
+that set is ever scored, counted or returned.
+
+A *document* is a plain dict with these keys (the engine-neutral form):
+
+    id              the message object's name (hex HMAC of its bytes)
+    owners          sorted list of mailboxes that may see it
+    subject, from, to, cc, bcc, body, attachment, filename
+                    searchable text (attachment: names and text)
+    message_id      the Message-ID without angle brackets
+    references      the ids of In-Reply-To and References, space-separated
+    date            aware datetime in UTC (case B22: never a local time)
+    size            bytes of the stored message
+    has_attachment  bool
+    sender_address  the sender's address, lower case (for facets)
+    receipts        keys of the deliveries indexed into it
+    defects         what extraction could not read (see PARTIAL)
+    preview         the first part of the body, for snippets
+
+``bcc``, ``body`` and ``attachment`` are searched but not returned by
+``document``.
+
+On disk the catalogue is a directory of *generations*, each a whole index
+with its own follower cursor, and a ``current`` symbolic link naming the
+one in use::
+
+    catalogue/
+        current -> tantivy-20261204T190000-1a2b
+        tantivy-20261204T190000-1a2b/   index files, cursor
+        whoosh-20261201T080000-9f8e/    an older generation
+
+``reindex`` builds a new generation beside the current one and renames a
+new link over ``current``; every open catalogue notices the change on its
+next call and reopens, so search keeps answering throughout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import os
+import secrets
+import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
-from whoosh import highlight, index
-from whoosh.analysis import StandardAnalyzer
-from whoosh.fields import BOOLEAN, DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT, Schema
-from whoosh import query as whoosh_query
-from whoosh.query import Every, Or, Prefix, Query, Term
-from whoosh.searching import Searcher
-
-from indexer import QueryError
+from indexer import IndexerError, QueryError
 from indexer import query as query_tree
+from indexer.snippets import snippet_runs, snippet_words
 
 log = logging.getLogger(__name__)
 
-# Search fields as users type them (``from:alice``); the default fields
-# are searched by free text.
+ENGINES = ("tantivy", "whoosh")
+DEFAULT_ENGINE = "tantivy"
+SORTS = ("date", "relevance")
+CURRENT = "current"
+CURSOR_NAME = "cursor"
+# Search fields as users type them (``from:alice``); free text searches
+# the default fields.
 SEARCH_FIELDS = ("subject", "from", "to", "cc", "body", "attachment")
 SNIPPET_STORED_CHARS = 100_000
 WRITER_WAIT_SECONDS = 60.0
-MATCH_START, MATCH_END = "\x02", "\x03"
-
-
-def _analyzer():
-    # No stop list: in an archive "the who" or "IT" may be exactly the query.
-    return StandardAnalyzer(stoplist=None)
-
-
-SCHEMA = Schema(
-    id=ID(unique=True, stored=True),
-    owners=KEYWORD(stored=True, commas=True, lowercase=True),
-    subject=TEXT(stored=True, analyzer=_analyzer()),
-    **{"from": TEXT(stored=True, analyzer=_analyzer())},
-    to=TEXT(stored=True, analyzer=_analyzer()),
-    cc=TEXT(stored=True, analyzer=_analyzer()),
-    body=TEXT(analyzer=_analyzer()),
-    preview=STORED,
-    bcc=TEXT(analyzer=_analyzer()),
-    attachment=TEXT(analyzer=_analyzer()),
-    filename=TEXT(stored=True, analyzer=_analyzer()),
-    has_attachment=BOOLEAN,
-    message_id=ID(stored=True),
-    references=KEYWORD(stored=True),  # In-Reply-To and References ids, for threads
-    date=DATETIME(stored=True, sortable=True),
-    size=NUMERIC(stored=True),
-    receipts=STORED,
-    defects=STORED,
-)
-
-
-MAX_WILDCARDS = 8
-
-
-def compile_query(node: query_tree.Node) -> Query:
-    """Compile the archive's query tree for Whoosh.
-
-    Words are analysed exactly as the field analysed them at indexing, so
-    "KESTREL-7f" becomes the phrase of its two words.  Dates reach Whoosh
-    as naive UTC, the only form it keeps (case B22).
-    """
-    prefixes = {leaf.text for leaf in _leaves(node)
-                if isinstance(leaf, query_tree.Text) and leaf.prefix}
-    if len(prefixes) > MAX_WILDCARDS:
-        raise QueryError(f"a query may use at most {MAX_WILDCARDS} wildcard words")
-    return _compile(node)
-
-
-def _compile(node: query_tree.Node) -> Query:
-    if isinstance(node, query_tree.Text):
-        fields = [node.field] if node.field else list(SEARCH_FIELDS)
-        return _one_or_any([_text(field, node) for field in fields])
-    if isinstance(node, query_tree.And):
-        return whoosh_query.And([_compile(child) for child in node.children])
-    if isinstance(node, query_tree.Or):
-        return whoosh_query.Or([_compile(child) for child in node.children])
-    if isinstance(node, query_tree.Not):
-        return whoosh_query.And([Every(), whoosh_query.Not(_compile(node.child))])
-    if isinstance(node, query_tree.DateRange):
-        return whoosh_query.DateRange("date", utc_naive(node.start), utc_naive(node.end),
-                                      endexcl=True)
-    if isinstance(node, query_tree.SizeRange):
-        top = node.maximum - 1 if node.maximum is not None else None
-        return whoosh_query.NumericRange("size", node.minimum, top)
-    if isinstance(node, query_tree.HasAttachment):
-        return Term("has_attachment", True)
-    return Every()
-
-
-def _text(field: str, node: query_tree.Text) -> Query:
-    if field == "message_id":
-        return Term("message_id", node.text.strip().strip("<>"))
-    words = [token.text for token in SCHEMA[field].analyzer(node.text)]
-    if not words:
-        return whoosh_query.NullQuery
-    if node.prefix:
-        parts: list[Query] = [Term(field, word) for word in words[:-1]]
-        return _one_or_all([*parts, Prefix(field, words[-1])])
-    if len(words) == 1:
-        return Term(field, words[0])
-    return whoosh_query.Phrase(field, words)
-
-
-def _one_or_any(queries: list[Query]) -> Query:
-    return queries[0] if len(queries) == 1 else whoosh_query.Or(queries)
-
-
-def _one_or_all(queries: list[Query]) -> Query:
-    return queries[0] if len(queries) == 1 else whoosh_query.And(queries)
-
-
-def _leaves(node: query_tree.Node) -> list[query_tree.Node]:
-    if isinstance(node, (query_tree.And, query_tree.Or)):
-        return [leaf for child in node.children for leaf in _leaves(child)]
-    if isinstance(node, query_tree.Not):
-        return _leaves(node.child)
-    return [node]
+FACET_SENDERS = 10
+# Generations kept besides the current one, so that a process still
+# reading the previous one finishes undisturbed.
+KEEP_OLD_GENERATIONS = 1
+# Fields every document returns from ``document``; the rest are searched
+# but not kept.
+RECORD_FIELDS = ("id", "owners", "subject", "from", "to", "cc", "filename",
+                 "message_id", "date", "size", "has_attachment",
+                 "sender_address", "receipts", "defects", "preview", "references")
 
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One search result as the portal and the API show it."""
+    """One search result as the portal and the API show it.
+
+    ``date`` is naive and in UTC.
+    """
 
     id: str
     subject: str
@@ -141,34 +97,214 @@ class Hit:
 
 
 @dataclasses.dataclass(frozen=True)
+class Facets:
+    """Hit counts for narrowing a search: by year, and by the top senders."""
+
+    years: tuple[tuple[int, int], ...] = ()
+    senders: tuple[tuple[str, int], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Results:
-    """A page of hits and the total number of matches."""
+    """A page of hits, the total number of matches and the facets."""
 
     total: int
     page: int
     per_page: int
     hits: list[Hit]
+    sort: str = "date"
+    facets: Facets = Facets()
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """What an engine returns for one page: records, total, facets."""
+
+    total: int
+    records: list[dict]
+    facets: Facets
+
+
+class Batch(Protocol):
+    """Changes to an index that become visible together, or not at all.
+
+    ``get`` sees committed documents only.  ``put`` replaces any document
+    with the same id (so putting twice leaves one).  Nothing is visible
+    before the batch's ``with`` block ends without an exception; an
+    exception discards the whole batch.
+    """
+
+    def get(self, message_id: str) -> dict | None: ...
+
+    def put(self, document: dict) -> None: ...
+
+    def delete(self, message_id: str) -> None: ...
+
+
+class Engine(Protocol):
+    """A search engine holding one generation of the catalogue.
+
+    Engines receive documents in the neutral form (dates aware UTC) and
+    query trees from :mod:`indexer.query`; they compile the tree in their
+    own dialect.  ``owners`` None means every mailbox and is used only by
+    privileged callers; otherwise the engine must filter by it inside the
+    query.  ``batch`` waits up to WRITER_WAIT_SECONDS for a writer held by
+    another process and raises IndexerError after that.
+    """
+
+    def search(self, node: query_tree.Node, owners: frozenset[str] | None, *,
+               offset: int, limit: int, sort: str, facets: bool) -> Page: ...
+
+    def matching_ids(self, node: query_tree.Node) -> list[str]: ...
+
+    def document(self, message_id: str) -> dict | None: ...
+
+    def records(self) -> Iterator[dict]: ...
+
+    def count(self) -> int: ...
+
+    def batch(self) -> contextlib.AbstractContextManager[Batch]: ...
+
+    def close(self) -> None: ...
+
+
+def open_engine(name: str, path: Path) -> Engine:
+    """Open (or create) the index of engine ``name`` in ``path``."""
+    if name == "tantivy":
+        from indexer.engines.tantivy_engine import TantivyEngine
+
+        return TantivyEngine(path)
+    if name == "whoosh":
+        from indexer.engines.whoosh_engine import WhooshEngine
+
+        return WhooshEngine(path)
+    raise IndexerError(f"unknown catalogue engine {name!r}; expected one of {ENGINES}")
 
 
 class Catalogue:
-    """Open (or create) the Whoosh index under ``path``."""
+    """The archive's catalogue under ``path``, in generations, on ``engine``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, engine: str = DEFAULT_ENGINE, *,
+                 pinned: str | None = None) -> None:
+        if engine not in ENGINES:
+            raise IndexerError(f"unknown catalogue engine {engine!r}")
         self.path = Path(path)
+        self.engine_name = engine
         self.path.mkdir(parents=True, exist_ok=True)
-        if index.exists_in(str(self.path)):
-            self._index = index.open_dir(str(self.path))
+        self._lock = threading.RLock()
+        self._pinned = pinned
+        self._generation = ""
+        self._engine: Engine | None = None
+        if pinned:
+            # A generation being built by reindex: never follows ``current``.
+            self._engine = open_engine(engine, self.path / pinned)
+            self._generation = pinned
         else:
-            self._index = index.create_in(str(self.path), SCHEMA)
-        self._write_lock = threading.Lock()
+            self._open_current()
 
-    def writer(self):
-        """Return a writer, waiting up to a minute for another to finish.
+    def pinned(self, generation: Path) -> Catalogue:
+        """Return a catalogue on ``generation`` alone, whatever is current."""
+        return Catalogue(self.path, self.engine_name, pinned=generation.name)
 
-        The follower writes in short batches; operator commands (purge)
-        wait their turn instead of failing on Whoosh's lock (case B21).
+    # Generations -----------------------------------------------------------
+
+    @property
+    def generation(self) -> Path:
+        """Return the directory of the generation in use."""
+        self._engine_now()
+        return self.path / self._generation
+
+    @property
+    def cursor_path(self) -> Path:
+        """Return the follower cursor of the current generation."""
+        return self.generation / CURSOR_NAME
+
+    def _open_current(self) -> None:
+        name = _read_current(self.path)
+        if not name or not name.startswith(self.engine_name + "-"):
+            # No index yet, or one built by another engine: start a new
+            # generation, which the follower fills from the first receipt.
+            if name:
+                log.warning("catalogue %s is a %s index; starting a new %s index",
+                            self.path, name.split("-")[0], self.engine_name,
+                            extra={"event": "catalogue.engine_changed"})
+            name = self.new_generation().name
+            swap_current(self.path, name)
+        self._engine = open_engine(self.engine_name, self.path / name)
+        self._generation = name
+
+    def _engine_now(self) -> Engine:
+        # One readlink per call: cheap, and it makes a reindex's swap
+        # visible to every process at its next search.
+        with self._lock:
+            if not self._pinned and _read_current(self.path) != self._generation:
+                # The old engine is left to the garbage collector: a batch
+                # or search in another thread may still be using it.
+                self._open_current()
+                log.info("catalogue switched to generation %s", self._generation,
+                         extra={"event": "catalogue.reopened"})
+            assert self._engine is not None
+            return self._engine
+
+    def new_generation(self) -> Path:
+        """Create an empty generation directory (not yet current)."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        directory = self.path / f"{self.engine_name}-{stamp}-{secrets.token_hex(3)}"
+        directory.mkdir()
+        return directory
+
+    def prune(self) -> None:
+        """Remove generations older than the current and the one before it."""
+        current = _read_current(self.path)
+        generations = sorted(
+            (entry for entry in self.path.iterdir()
+             if entry.is_dir() and not entry.is_symlink() and entry.name != current
+             and entry.name.split("-")[0] in ENGINES),
+            key=lambda entry: entry.stat().st_mtime, reverse=True)
+        for old in generations[KEEP_OLD_GENERATIONS:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # Searching -------------------------------------------------------------
+
+    def search(self, text: str | query_tree.Node, *, owners: frozenset[str],
+               page: int = 1, per_page: int = 20, zone: str = "UTC",
+               sort: str = "date", facets: bool = True) -> Results:
+        """Find documents owned by any of ``owners`` that match ``text``.
+
+        ``text`` is the archive's query language or an already parsed
+        tree.  Raises QueryError for a query that cannot be read or an
+        unknown ``sort``.
         """
-        return self._index.writer(timeout=WRITER_WAIT_SECONDS)
+        if sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}")
+        node = text if not isinstance(text, str) else query_tree.parse(text, zone=zone)
+        if not owners:
+            return Results(0, page, per_page, [], sort)
+        owner_set = frozenset(owner.lower() for owner in owners)
+        found = self._engine_now().search(
+            node, owner_set, offset=(page - 1) * per_page, limit=per_page,
+            sort=sort, facets=facets)
+        words = snippet_words(node)
+        hits = [_hit(record, words) for record in found.records]
+        return Results(found.total, page, per_page, hits, sort, found.facets)
+
+    def search_every_mailbox(self, text: str | query_tree.Node, *, page: int = 1,
+                             per_page: int = 20, zone: str = "UTC", sort: str = "date",
+                             facets: bool = True) -> Results:
+        """Search across all mailboxes, for the auditor roles only (issue #6).
+
+        Never reachable from an end user's request: the portal and the API
+        call ``search`` with the user's owners.
+        """
+        if sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}")
+        node = text if not isinstance(text, str) else query_tree.parse(text, zone=zone)
+        found = self._engine_now().search(
+            node, None, offset=(page - 1) * per_page, limit=per_page, sort=sort,
+            facets=facets)
+        words = snippet_words(node)
+        return Results(found.total, page, per_page,
+                       [_hit(record, words) for record in found.records], sort, found.facets)
 
     def matching_ids(self, text: str) -> list[str]:
         """Return the id of every document matching ``text``, in any mailbox.
@@ -176,58 +312,11 @@ class Catalogue:
         Privileged: for operator commands (holds) only; end-user paths
         always go through ``search`` with their owners.
         """
-        query = self.parse(text)
-        with self._index.searcher() as searcher:
-            return [searcher.stored_fields(number)["id"]
-                    for number in searcher.docs_for_query(query)]
+        return self._engine_now().matching_ids(query_tree.parse(text))
 
-    def delete(self, message_ids: list[str]) -> None:
-        """Remove documents (after disposition)."""
-        writer = self.writer()
-        try:
-            for message_id in message_ids:
-                writer.delete_by_term("id", message_id)
-        except BaseException:
-            writer.cancel()
-            raise
-        writer.commit()
-
-    def document(self, message_id: str, searcher: Searcher | None = None) -> dict | None:
-        """Return the stored fields of one message's document, if indexed."""
-        if searcher is not None:
-            return searcher.document(id=message_id)
-        with self._index.searcher() as own:
-            return own.document(id=message_id)
-
-    def ids(self) -> set[str]:
-        """Return the message id of every document."""
-        with self._index.searcher() as searcher:
-            return {fields["id"] for fields in searcher.all_stored_fields()}
-
-    def count(self) -> int:
-        """Return the number of documents."""
-        with self._index.searcher() as searcher:
-            return searcher.doc_count()
-
-    def search(self, text: str, *, owners: frozenset[str], page: int = 1,
-               per_page: int = 20, zone: str = "UTC") -> Results:
-        """Find documents owned by any of ``owners`` that match ``text``.
-
-        Raises QueryError for a query that cannot be read.
-        """
-        query = self.parse(text, zone)
-        if not owners:
-            return Results(0, page, per_page, [])
-        owner_filter = Or([Term("owners", owner.lower()) for owner in sorted(owners)])
-        with self._index.searcher() as searcher:
-            found = searcher.search_page(
-                query, page, pagelen=per_page, filter=owner_filter,
-                sortedby="date", reverse=True, terms=True,
-            )
-            found.results.fragmenter = highlight.ContextFragmenter(surround=60)
-            found.results.formatter = _SentinelFormatter()
-            hits = [_hit(hit) for hit in found]
-            return Results(len(found), page, per_page, hits)
+    def document(self, message_id: str) -> dict | None:
+        """Return one message's document (without bcc, body, attachment)."""
+        return self._engine_now().document(message_id)
 
     def search_ids(self, text: str, *, owners: frozenset[str], limit: int,
                    zone: str = "UTC") -> tuple[int, list[str]]:
@@ -250,55 +339,144 @@ class Catalogue:
         document = self.document(message_id)
         if document is None:
             return False
-        return bool(set(document["owners"].split(",")) & {o.lower() for o in owners})
+        return bool(set(document["owners"]) & {owner.lower() for owner in owners})
 
-    def parse(self, text: str, zone: str = "UTC") -> Query:
-        """Parse the archive's query language and compile it for Whoosh.
+    def ids(self) -> set[str]:
+        """Return the message id of every document."""
+        return {record["id"] for record in self._engine_now().records()}
 
-        Raises QueryError, saying what could not be read.
+    def records(self) -> Iterator[dict]:
+        """Yield every document (as ``document`` returns them)."""
+        return self._engine_now().records()
+
+    def count(self) -> int:
+        """Return the number of documents."""
+        return self._engine_now().count()
+
+    # Writing ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Open a batch of changes committed together when the block ends.
+
+        Documents put are normalised first: dates to UTC, owners to sorted
+        lower case, text fields to strings.
         """
-        return compile_query(query_tree.parse(text, zone=zone))
+        with self._lock:
+            engine, generation = self._engine_now(), self.path / self._generation
+        with engine.batch() as engine_batch:
+            yield _NormalisingBatch(engine_batch, generation)
+
+    def delete(self, message_ids: list[str]) -> None:
+        """Remove documents (after disposition)."""
+        with self.batch() as batch:
+            for message_id in message_ids:
+                batch.delete(message_id)
+
+    def close(self) -> None:
+        """Release the engine's files."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
 
 
-class _SentinelFormatter(highlight.Formatter):
-    """Mark matched terms with control characters the portal turns into <mark>."""
+class _NormalisingBatch:
+    """A batch that puts documents in the neutral form before the engine."""
 
-    between = " … "
+    def __init__(self, inner: Batch, generation: Path) -> None:
+        self.inner = inner
+        # The generation the batch writes to; its cursor goes there too.
+        self.generation = generation
 
-    def format_token(self, text, token, replace=False):
-        return MATCH_START + highlight.get_text(text, token, replace) + MATCH_END
+    def get(self, message_id: str) -> dict | None:
+        return self.inner.get(message_id)
 
+    def put(self, document: dict) -> None:
+        self.inner.put(normalise(document))
 
-def _hit(hit) -> Hit:
-    preview = hit.get("preview", "")
-    fragment = hit.highlights("body", text=preview, top=2) or preview[:200]
-    return Hit(
-        id=hit["id"],
-        subject=hit.get("subject", ""),
-        sender=hit.get("from", ""),
-        date=hit.get("date"),
-        snippet=split_snippet(fragment),
-    )
+    def delete(self, message_id: str) -> None:
+        self.inner.delete(message_id)
 
 
-def split_snippet(fragment: str) -> list[tuple[str, bool]]:
-    """Split a highlighted fragment into (text, is_match) runs."""
-    runs: list[tuple[str, bool]] = []
-    for piece in fragment.split(MATCH_START):
-        matched, _, rest = piece.partition(MATCH_END)
-        if rest or MATCH_END in piece:
-            runs.append((matched, True))
-            if rest:
-                runs.append((rest, False))
-        elif matched:
-            runs.append((matched, False))
-    return runs
+def normalise(document: dict) -> dict:
+    """Return ``document`` with every field in its neutral form."""
+    normal = dict(document)
+    normal["date"] = utc(document.get("date"))
+    normal["owners"] = sorted({owner.lower() for owner in document.get("owners", ())})
+    for name in (*SEARCH_FIELDS, "bcc", "filename", "message_id", "preview",
+                 "sender_address"):
+        normal[name] = str(document.get(name) or "")
+    normal["sender_address"] = normal["sender_address"].lower()
+    normal["size"] = int(document.get("size") or 0)
+    normal["has_attachment"] = bool(document.get("has_attachment"))
+    normal["receipts"] = list(document.get("receipts", ()))
+    normal["defects"] = list(document.get("defects", ()))
+    return normal
 
 
-def utc_naive(moment: dt.datetime | None) -> dt.datetime | None:
-    """Return ``moment`` in UTC without tzinfo, the only form Whoosh keeps."""
+def record_of(document: dict) -> dict:
+    """Return the stored part of a document, JSON-ready (date as ISO text)."""
+    # ``references`` came later than the rest: a document built without it
+    # (an older caller) has no thread links.
+    record = {name: document.get(name, "") if name == "references" else document[name]
+              for name in RECORD_FIELDS}
+    record["date"] = document["date"].isoformat() if document["date"] else None
+    return record
+
+
+def document_of(record: dict) -> dict:
+    """Read a stored record back into a document (date aware UTC)."""
+    document = dict(record)
+    date = record.get("date")
+    document["date"] = dt.datetime.fromisoformat(date) if date else None
+    return document
+
+
+def utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """Return ``moment`` as an aware UTC datetime; naive is taken as UTC."""
     if moment is None:
         return None
     if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def utc_naive(moment: dt.datetime | None) -> dt.datetime | None:
+    """Return ``moment`` in UTC without tzinfo."""
+    aware = utc(moment)
+    return aware.replace(tzinfo=None) if aware else None
+
+
+def _hit(record: dict, words: tuple[set[str], tuple[str, ...]]) -> Hit:
+    document = document_of(record)
+    return Hit(
+        id=document["id"],
+        subject=document.get("subject", ""),
+        sender=document.get("from", ""),
+        date=utc_naive(document["date"]),
+        snippet=snippet_runs(document.get("preview", ""), words),
+    )
+
+
+def _read_current(path: Path) -> str:
+    try:
+        return os.readlink(path / CURRENT)
+    except FileNotFoundError:
+        return ""
+
+
+def swap_current(path: Path, generation: str) -> None:
+    """Point ``current`` at ``generation`` in one atomic rename."""
+    scratch = path / f".{CURRENT}-{secrets.token_hex(4)}"
+    os.symlink(generation, scratch)
+    os.replace(scratch, path / CURRENT)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def open_catalogue(settings) -> Catalogue:
+    """Open the catalogue that the archive's settings describe."""
+    return Catalogue(settings.path(settings.catalogue.path), settings.catalogue.engine)

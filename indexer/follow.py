@@ -13,13 +13,16 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from indexer.catalogue import SNIPPET_STORED_CHARS, Catalogue, utc_naive
+from indexer.catalogue import CURSOR_NAME, SNIPPET_STORED_CHARS, Batch, Catalogue, utc
 from indexer.extract import Extract, extract
+from indexer.reconcile import Reconciler
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
+from vault.ownership import parse_addresses
 from vault.receipts import Receipt, receipt_time, time_prefix
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
 # How far behind its cursor the follower looks for receipts that became
 # visible late; longer than any store write takes.
 DEFAULT_OVERLAP = dt.timedelta(seconds=30)
+DEFAULT_REPAIR_SECONDS = 600.0
 
 
 class Follower:
@@ -40,16 +44,25 @@ class Follower:
     pass and skips receipts it has already indexed.
     """
 
-    def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path,
+    def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path | None = None,
                  overlap: dt.timedelta = DEFAULT_OVERLAP,
                  on_batch: Callable[[list[str]], None] = lambda keys: None) -> None:
         self.vault = vault
         self.on_batch = on_batch
         self.catalogue = catalogue
-        self.cursor_path = Path(cursor_path)
+        # None: the cursor lives in the catalogue's current generation, so
+        # that a reindex swaps index and cursor together.
+        self._own_cursor = Path(cursor_path) if cursor_path is not None else None
         self.overlap = overlap
         self.wake = threading.Event()
         self._recent: set[str] = set()
+        self._generation: Path | None = None
+        self.reconciler: Reconciler | None = None
+
+    @property
+    def cursor_path(self) -> Path:
+        """Return where the cursor of the index being followed is kept."""
+        return self._own_cursor or self.catalogue.cursor_path
 
     @property
     def cursor(self) -> str:
@@ -63,6 +76,11 @@ class Follower:
         """Index every receipt not yet indexed; return how many."""
         total = 0
         while stop is None or not stop.is_set():
+            generation = self.catalogue.generation
+            if generation != self._generation:
+                # A new index (reindex) has not seen what this one skips.
+                self._recent.clear()
+                self._generation = generation
             cursor = self.cursor
             floor = self._floor(cursor)
             self._recent = {key for key in self._recent if key > floor}
@@ -74,19 +92,48 @@ class Follower:
                         break
             if not batch:
                 break
-            self._index_batch(batch)
+            written_to = self._index_batch(batch)
             self.on_batch(batch)
+            if written_to != self._generation:
+                continue
             self._recent.update(batch)
             if batch[-1] > cursor:
-                self._save_cursor(batch[-1])
+                self._save_cursor(batch[-1], written_to)
             total += len(batch)
         return total
 
-    def run(self, stop: threading.Event, interval: float) -> None:
-        """Catch up until ``stop`` is set, waking early when told of new mail."""
+    def repair(self) -> int:
+        """Index every stored message the catalogue lacks; return how many.
+
+        The follower's cursor only moves forward; a document lost behind
+        it (an index restored from backup, a failed write, a deleted
+        document) is found by comparing the vault with the catalogue.
+        """
+        if self.reconciler is None:
+            self.reconciler = Reconciler(self.vault)
+        coverage = self.reconciler.coverage(self.catalogue)
+        keys = sorted(key for keys in coverage.missing.values() for key in keys)
+        for start in range(0, len(keys), BATCH_RECEIPTS):
+            self._index_batch(keys[start:start + BATCH_RECEIPTS])
+        if coverage.missing:
+            log.warning("repaired %d message(s) stored but not indexed",
+                        len(coverage.missing), extra={"event": "follower.repaired"})
+        return len(coverage.missing)
+
+    def run(self, stop: threading.Event, interval: float,
+            repair_interval: float = DEFAULT_REPAIR_SECONDS) -> None:
+        """Catch up until ``stop`` is set, waking early when told of new mail.
+
+        Every ``repair_interval`` seconds (and first after catching up at
+        start) it also repairs gaps between the vault and the catalogue.
+        """
+        next_repair = 0.0
         while not stop.is_set():
             try:
                 count = self.catch_up(stop)
+                if time.monotonic() >= next_repair and not stop.is_set():
+                    self.repair()
+                    next_repair = time.monotonic() + repair_interval
                 if count:
                     log.info("indexed %d receipt(s), cursor %s", count, self.cursor,
                              extra={"event": "follower.batch"})
@@ -105,27 +152,23 @@ class Follower:
             log.warning("cursor %r is not a receipt key; starting over", cursor)
             return ""
 
-    def _index_batch(self, receipt_keys: list[str]) -> None:
+    def _index_batch(self, receipt_keys: list[str]) -> Path:
+        """Index the receipts in one batch; return the generation written."""
         documents: dict[str, dict] = {}
-        writer = self.catalogue.writer()
-        try:
-            with writer.searcher() as searcher:
-                for key in receipt_keys:
-                    try:
-                        self._add_receipt(key, documents, searcher)
-                    except Exception:
-                        # One message must never hold up the rest; the next
-                        # pass over this receipt (reindex) tries it again.
-                        log.exception("%s: not indexed", key,
-                                      extra={"event": "follower.receipt_failed"})
+        with self.catalogue.batch() as batch:
+            for key in receipt_keys:
+                try:
+                    self._add_receipt(key, documents, batch)
+                except Exception:
+                    # One message must never hold up the rest; the repair
+                    # pass (or reindex) tries it again.
+                    log.exception("%s: not indexed", key,
+                                  extra={"event": "follower.receipt_failed"})
             for document in documents.values():
-                writer.update_document(**document)
-        except BaseException:
-            writer.cancel()
-            raise
-        writer.commit()
+                batch.put(document)
+        return getattr(batch, "generation", self._generation)
 
-    def _add_receipt(self, key: str, documents: dict[str, dict], searcher) -> None:
+    def _add_receipt(self, key: str, documents: dict[str, dict], batch: Batch) -> None:
         try:
             receipt = self.vault.read_receipt(key)
         except VaultError:
@@ -135,22 +178,21 @@ class Follower:
         message_id = receipt.message_key.removeprefix(MESSAGES + "/")
         document = documents.get(message_id)
         if document is None:
-            stored = self.catalogue.document(message_id, searcher)
+            stored = batch.get(message_id)
             if stored and key in stored["receipts"]:
                 return
-            # Whoosh replaces whole documents and keeps no unstored field,
+            # Engines replace whole documents and keep no unstored field,
             # so a new receipt for a known message means extracting again.
             document = self._new_document(receipt, message_id)
             if document is None:
                 return
             if stored:
-                document["owners"] = stored["owners"]
+                document["owners"] = list(stored["owners"])
                 document["receipts"] = list(stored["receipts"])
             documents[message_id] = document
         if key not in document["receipts"]:
             document["receipts"] = [*document["receipts"], key]
-        owners = set(filter(None, document["owners"].split(","))) | set(receipt.owners)
-        document["owners"] = ",".join(sorted(owners))
+        document["owners"] = sorted(set(document["owners"]) | set(receipt.owners))
 
     def _new_document(self, receipt: Receipt, message_id: str) -> dict | None:
         try:
@@ -171,7 +213,7 @@ class Follower:
             sender = f"{sender} {receipt.mail_from}".strip()
         return {
             "id": message_id,
-            "owners": "",
+            "owners": [],
             "subject": found.subject,
             "from": sender,
             "to": found.to,
@@ -185,19 +227,29 @@ class Follower:
             "has_attachment": bool(found.attachments),
             "message_id": found.message_id.strip().strip("<>"),
             "references": " ".join(found.references),
-            "date": utc_naive(plausible_date(found, receipt)),
+            "date": utc(plausible_date(found, receipt)),
+            "sender_address": sender_address(found.sender) or receipt.mail_from,
             "size": receipt.size,
             "receipts": [],
             "defects": found.defects,
         }
 
-    def _save_cursor(self, key: str) -> None:
-        scratch = self.cursor_path.with_suffix(".tmp")
+    def _save_cursor(self, key: str, generation: Path | None) -> None:
+        path = self._own_cursor or (generation or self.catalogue.generation) / CURSOR_NAME
+        scratch = path.with_suffix(".tmp")
         with open(scratch, "w", encoding="ascii") as handle:
             handle.write(key + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(scratch, self.cursor_path)
+        os.replace(scratch, path)
+
+
+def sender_address(sender: str) -> str:
+    """Return the first address in a From text, lower case, or ""."""
+    for _, address in parse_addresses([sender]):
+        if address:
+            return address.lower()
+    return ""
 
 
 def plausible_date(found: Extract, receipt: Receipt) -> dt.datetime:

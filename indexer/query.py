@@ -43,6 +43,9 @@ FIELDS = {
 }
 MAX_QUERY_CHARS = 2000
 MAX_NODES = 200
+# Each wildcard word expands to every matching term; a few are enough.
+MAX_WILDCARDS = 8
+MIN_PREFIX_CHARS = 2
 _TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*"?)|([^\s()"]+))')
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(b|kb|k|mb|m|gb|g)?", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6,
@@ -120,7 +123,19 @@ def parse(text: str, *, zone: str = "UTC", today: dt.date | None = None) -> Node
         raise QueryError(f"unexpected {reader.tokens[reader.position][1]!r}")
     if _count(node) > MAX_NODES:
         raise QueryError(f"the query has more than {MAX_NODES} parts")
+    if len({leaf.text for leaf in leaves(node) if isinstance(leaf, Text) and leaf.prefix}) \
+            > MAX_WILDCARDS:
+        raise QueryError(f"a query may use at most {MAX_WILDCARDS} wildcard words")
     return node
+
+
+def leaves(node: Node) -> list[Node]:
+    """Return the leaves of ``node``, left to right."""
+    if isinstance(node, (And, Or)):
+        return [leaf for child in node.children for leaf in leaves(child)]
+    if isinstance(node, Not):
+        return leaves(node.child)
+    return [node]
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -254,6 +269,10 @@ def _word(field: str | None, value: str) -> Text:
     if value.startswith(("*", "?")):
         raise QueryError("a word may not start with * or ?; put the wildcard at the end")
     if value.endswith("*") and len(value) > 1 and "*" not in value[:-1]:
+        if len(re.findall(r"\w", value[:-1].split()[-1])) < MIN_PREFIX_CHARS:
+            # "a*" would expand to a good share of every word there is.
+            raise QueryError(f"a wildcard needs at least {MIN_PREFIX_CHARS} letters "
+                             "before the *")
         return Text(field, value[:-1], prefix=True)
     return Text(field, value)
 

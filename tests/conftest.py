@@ -56,3 +56,9 @@ def archive_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=("tantivy", "whoosh"))
+def engine(request) -> str:
+    """Each catalogue engine in turn: both pass the same tests."""
+    return request.param

@@ -25,8 +25,8 @@ def vault(tmp_path):
 
 
 @pytest.fixture
-def catalogue(tmp_path):
-    return Catalogue(tmp_path / "catalogue")
+def catalogue(tmp_path, engine):
+    return Catalogue(tmp_path / "catalogue", engine)
 
 
 @pytest.fixture
@@ -68,7 +68,8 @@ def test_second_delivery_adds_owners_to_the_one_document(vault, catalogue, follo
     assert first.message_key == second.message_key
     assert catalogue.count() == 1
     [hit] = catalogue.search("AVOCET", owners=frozenset({"carol@example.com"})).hits
-    assert catalogue.document(hit.id)["owners"] == "alice@example.com,bob@example.com,carol@example.com"
+    assert catalogue.document(hit.id)["owners"] == [
+        "alice@example.com", "bob@example.com", "carol@example.com"]
     assert catalogue.search("AVOCET", owners=BOB).total == 1
 
 
@@ -77,7 +78,8 @@ def test_reindexing_from_an_old_cursor_duplicates_nothing(vault, catalogue, foll
         deliver(vault, name, "bob@example.com")
     assert follower.catch_up() == 3
     follower.cursor_path.unlink()
-    restarted = Follower(vault, catalogue, follower.cursor_path)
+    restarted = Follower(vault, Catalogue(catalogue.path, catalogue.engine_name),
+                         follower.cursor_path)
     assert restarted.catch_up() == 3
     assert restarted.catch_up() == 0
     assert catalogue.count() == 3
@@ -152,11 +154,12 @@ def test_queries_name_user_fields_only_and_cannot_scan_everything(vault, catalog
     deliver(vault, "B16.eml", "bob@example.com")
     follower.catch_up()
     assert catalogue.search("AVOC*", owners=BOB).total == 1
-    assert catalogue.search("a* b* c* AVOC*", owners=BOB).total == 0
+    assert catalogue.search("AV* AVOC*", owners=BOB).total == 1
     # Internal fields are not addressable: these are just words.
     assert catalogue.search("owners:bob@example.com", owners=BOB).total == 0
     assert catalogue.search("preview:AVOCET", owners=BOB).total == 0
-    for query in ("*VOCET", "?VOCET", " OR ".join(f"w{n}*" for n in range(9))):
+    for query in ("*VOCET", "?VOCET", "a* AVOC*",
+                  " OR ".join(f"wo{n}*" for n in range(9))):
         with pytest.raises(QueryError):
             catalogue.search(query, owners=BOB)
 

@@ -80,10 +80,11 @@ class KeySettings:
 
 @dataclasses.dataclass(frozen=True)
 class CatalogueSettings:
-    engine: str = "whoosh"
+    engine: str = "tantivy"
     path: str = "catalogue"
     poll_interval: float = 0.5
     overlap_seconds: float = 30.0
+    repair_interval: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,11 +274,14 @@ def validate(settings: Settings) -> None:
     _validate_receiver(settings.receiver)
     _validate_store(settings.store)
     _validate_keys(settings.keys)
-    if settings.catalogue.engine != "whoosh":
+    if settings.catalogue.engine not in ("tantivy", "whoosh"):
         raise ConfigError(
-            f"setting catalogue.engine = {settings.catalogue.engine!r}: only 'whoosh'"
+            f"setting catalogue.engine = {settings.catalogue.engine!r}: "
+            "expected 'tantivy' or 'whoosh'"
         )
     _validate_restore(settings.restore)
+    if settings.catalogue.repair_interval < 1:
+        raise ConfigError("setting catalogue.repair_interval: at least 1 second")
     from vault.retention import RetentionPolicy
 
     RetentionPolicy.from_settings(settings.retention.default, settings.retention.rules)

@@ -41,7 +41,7 @@ def search():
     try:
         results = archive().catalogue.search(
             query, owners=g.api_user.mailboxes, page=page, per_page=per_page,
-            zone=request.args.get("tz", "UTC"),
+            zone=request.args.get("tz", "UTC"), sort=request.args.get("sort", "date"),
         )
     except QueryError as err:
         raise BadRequest(str(err)) from None
@@ -51,6 +51,12 @@ def search():
         total=results.total,
         page=results.page,
         per_page=results.per_page,
+        sort=results.sort,
+        facets={
+            "years": [{"year": year, "count": count} for year, count in results.facets.years],
+            "senders": [{"sender": sender, "count": count}
+                        for sender, count in results.facets.senders],
+        },
         results=[
             {
                 "id": hit.id,

@@ -11,7 +11,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from indexer.catalogue import Catalogue
+from indexer.catalogue import Catalogue, open_catalogue
 from vault.config import Settings
 from vault.control import ControlDB
 from vault.ingest import Vault, open_vault
@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
     )
     control = ControlDB(settings.path(settings.control.database))
     vault = vault or open_vault(settings)
-    catalogue = catalogue or Catalogue(settings.path(settings.catalogue.path))
+    catalogue = catalogue or open_catalogue(settings)
     accounts = Accounts(control, vault.rules)
     app.extensions["strongroom"] = Archive(vault, catalogue, control, accounts)
 

@@ -213,13 +213,13 @@ def sender_remove(arguments: argparse.Namespace) -> int:
 
 def verify(arguments: argparse.Namespace) -> int:
     """Open and cross-check every object; exit 1 if anything is wrong."""
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.ingest import open_vault
     from vault.verification import verify as verify_vault
 
     settings = _settings(arguments)
     vault = open_vault(settings)
-    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    catalogue = open_catalogue(settings)
     report = verify_vault(vault, catalogue_ids=catalogue.ids(), sample=arguments.sample,
                           progress=_progress_bar)
     control = _control(settings)
@@ -251,13 +251,13 @@ def keys_rotate(arguments: argparse.Namespace) -> int:
 
 def hold_place(arguments: argparse.Namespace) -> int:
     """Hold every message matching a query, in every mailbox, with its receipts."""
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.holds import Holds
     from vault.ingest import MESSAGES, open_vault
 
     settings = _settings(arguments)
     vault = open_vault(settings)
-    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    catalogue = open_catalogue(settings)
     keys = []
     for message_id in catalogue.matching_ids(arguments.query):
         keys.append(f"{MESSAGES}/{message_id}")
@@ -285,7 +285,7 @@ def hold_release(arguments: argparse.Namespace) -> int:
 
 def purge(arguments: argparse.Namespace) -> int:
     """Delete what is past retention and not held; --dry-run only lists it."""
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.disposition import purge as purge_vault
     from vault.holds import Holds
     from vault.ingest import open_vault
@@ -298,7 +298,7 @@ def purge(arguments: argparse.Namespace) -> int:
         return request_disposition(settings, arguments.actor)
     vault = open_vault(settings)
     control = _control(settings)
-    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    catalogue = open_catalogue(settings)
     report = purge_vault(vault, control, Holds(control, vault.store), actor=arguments.actor,
                          dry_run=arguments.dry_run, remove_documents=catalogue.delete)
     verb = "Would delete" if arguments.dry_run else "Deleted"
@@ -330,6 +330,40 @@ def status(arguments: argparse.Namespace) -> int:
               + ("  SILENT" if source.is_silent(at) else ""))
     if not sources:
         print("no mail and no refusals in the last 7 days")
+    _print_coverage(settings)
+    return 0
+
+
+def _print_coverage(settings: Settings) -> None:
+    # Catalogue coverage: messages stored vs indexed, per day of receipt.
+    from indexer.catalogue import open_catalogue
+    from indexer.reconcile import Reconciler
+    from vault.ingest import open_vault
+
+    coverage = Reconciler(open_vault(settings)).coverage(open_catalogue(settings))
+    print(f"catalogue: {coverage.indexed} of {coverage.stored} messages indexed, "
+          f"{coverage.partial} partially; gap {coverage.stored - coverage.indexed}")
+    for day in coverage.days:
+        if day.gap or day.partial:
+            print(f"  {day.day}  stored {day.stored:>7}  indexed {day.indexed:>7}  "
+                  f"partial {day.partial:>5}" + (f"  GAP {day.gap}" if day.gap else ""))
+
+
+def reindex(arguments: argparse.Namespace) -> int:
+    """Rebuild the catalogue from the vault and swap it in atomically."""
+    import datetime as dt
+
+    from indexer.catalogue import open_catalogue
+    from indexer.reindex import reindex as rebuild
+    from vault.ingest import open_vault
+
+    settings = _settings(arguments)
+    report = rebuild(open_vault(settings), open_catalogue(settings),
+                     overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds))
+    _control(settings).audit("strongroom-cli", "catalogue.reindexed", report.generation,
+                             receipts=report.receipts, documents=report.documents)
+    print(f"Reindexed {report.receipts} receipts into {report.documents} documents "
+          f"in {report.seconds:.1f} s; generation {report.generation} is current")
     return 0
 
 
@@ -449,6 +483,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--actor", default=_operator(), help="who releases it (for the audit)")
 
     command("status", status, "show what each journal source sent, and when")
+    command("reindex", reindex, "rebuild the catalogue from the vault and swap it in")
 
     sub = command("purge", purge, "delete what is past retention and not on hold")
     sub.add_argument("--dry-run", action="store_true", help="only list what would go")

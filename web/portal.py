@@ -7,6 +7,7 @@ from flask import (Blueprint, Response, flash, redirect, render_template,
 from flask_login import current_user, login_required
 
 from indexer import QueryError
+from indexer.catalogue import SORTS
 from web.archive import archive, positive_int
 from web.signin import sign_in_page, sign_out
 from web.reading import show_message
@@ -42,17 +43,21 @@ def logout():
 def search():
     query = request.args.get("q", "").strip()
     page = positive_int(request.args.get("page", "1")) or 1
+    sort = request.args.get("sort", "date")
+    sort = sort if sort in SORTS else "date"
     results, error = None, None
     if query:
         try:
             results = archive().catalogue.search(
-                query, owners=current_user.mailboxes, page=page, per_page=PER_PAGE
+                query, owners=current_user.mailboxes, page=page, per_page=PER_PAGE,
+                sort=sort,
             )
         except QueryError as err:
             error = str(err)
         archive().control.audit(current_user.address, "search", query=query,
                                 total=results.total if results else None)
-    return render_template("search.html", query=query, results=results, error=error)
+    return render_template("search.html", query=query, results=results, error=error,
+                           sort=sort)
 
 
 @portal.get("/messages/<message_id>")

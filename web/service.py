@@ -8,7 +8,7 @@ import threading
 
 import waitress
 
-from indexer.catalogue import Catalogue
+from indexer.catalogue import open_catalogue
 from indexer.follow import Follower
 from vault.audit import seal_pending
 from vault.config import Settings, parse_listen
@@ -33,9 +33,9 @@ class Service:
         # Tables added since the home was made appear here (all idempotent).
         ControlDB(settings.path(settings.control.database)).create()
         self.vault = open_vault(settings)
-        self.catalogue = Catalogue(settings.path(settings.catalogue.path))
+        self.catalogue = open_catalogue(settings)
         self.follower = Follower(
-            self.vault, self.catalogue, settings.path(settings.catalogue.path) / "cursor",
+            self.vault, self.catalogue,
             overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds),
             on_batch=self._audit_ingest,
         )
@@ -105,7 +105,8 @@ class Service:
         self.receiver.start()
         follower = threading.Thread(
             target=self.follower.run,
-            args=(self._stop, self.settings.catalogue.poll_interval),
+            args=(self._stop, self.settings.catalogue.poll_interval,
+                  self.settings.catalogue.repair_interval),
             name="follower",
         )
         follower.start()

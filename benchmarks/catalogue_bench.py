@@ -1,0 +1,325 @@
+"""Measure the catalogue on both engines, against the bare engine beneath.
+
+Issue #5 asks for these figures, for tantivy and Whoosh in one run:
+
+1. Indexing documents/s of the full path (open the sealed message, extract,
+   build the document, write the batch) against the engine's own batch
+   writer fed the same prepared documents (the ratio is the catalogue's
+   overhead; goal for the default engine: at least 0.8).
+2. New mail to searchable: from ``Vault.archive`` returning to the first
+   search that finds the message, with the follower woken at once as
+   ``serve`` wakes it.
+3. Index size on disk as a share of the vault's size on disk.
+4. p50/p95 search latency (first page of 20, newest first, with facets)
+   for a single term, a phrase, ``from:``, a date range with a term, and a
+   term under one end user's owner filter (goal: p95 under 50 ms).
+
+at each corpus size in turn (10,000 and 100,000 messages by default; the
+corpus grows between sizes, which gives the curve).
+
+Messages are generated from a seeded ``random``: headers of a few hundred
+senders and a thousand local mailboxes, bodies of Zipf-distributed words
+with quoted replies, a tenth with a CSV attachment, dates over eight
+years.  Nothing leaves the machine; everything is written under one
+scratch directory that the run removes.  Run from the repository root::
+
+    python -m benchmarks.catalogue_bench [--quick] [--json PATH]
+        [--sizes 10000,100000] [--engines tantivy,whoosh] [--limit whoosh=10000]
+        [--tmp-dir /dev/shm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from indexer import catalogue as catalogue_module
+from indexer.catalogue import Catalogue, normalise, open_engine
+from indexer.follow import Follower
+from indexer.query import parse
+from vault.ingest import Vault
+from vault.keys import LocalKeyFile
+from vault.ownership import Envelope, OwnershipRules
+from vault.store import LocalWormStore
+
+DOMAIN = "example.com"
+SENDERS = 300
+MAILBOXES = 1000
+VOCABULARY = 20_000
+QUERY_REPEATS = 40
+LATENCY_REPEATS = 5
+BARE_BATCH = 500
+FULL_SIZES = (10_000, 100_000)
+QUICK_SIZES = (1_000,)
+SEALING_THREADS = 8
+P95_GOAL_MS = 50.0
+RATIO_GOAL = 0.8
+FIRST_DAY = dt.datetime(2018, 1, 1, tzinfo=dt.timezone.utc)
+SPAN_DAYS = 8 * 365
+
+
+class Corpus:
+    """Seeded, email-like messages, numbered from 0."""
+
+    def __init__(self, seed: int = 5) -> None:
+        rng = random.Random(seed)
+        self.words = [_word(rng) for _ in range(VOCABULARY)]
+        self.weights = [1.0 / (rank + 1) for rank in range(VOCABULARY)]
+        self.senders = [f"{_word(rng)}.{_word(rng)}@partner{n % 40}.example.net"
+                        for n in range(SENDERS)]
+        self.mailboxes = [f"user{n}@{DOMAIN}" for n in range(MAILBOXES)]
+
+    def message(self, number: int) -> tuple[bytes, Envelope]:
+        rng = random.Random(number * 7919 + 1)
+        sender = rng.choice(self.senders)
+        rcpts = rng.sample(self.mailboxes, rng.randint(1, 3))
+        message = EmailMessage()
+        message["From"] = sender
+        message["To"] = ", ".join(rcpts)
+        message["Subject"] = " ".join(self._words(rng, rng.randint(3, 9)))
+        message["Date"] = format_datetime(
+            FIRST_DAY + dt.timedelta(seconds=rng.randrange(SPAN_DAYS * 86400)))
+        message["Message-ID"] = f"<bench-{number}@partner.example.net>"
+        paragraphs = [" ".join(self._words(rng, rng.randint(20, 90)))
+                      for _ in range(rng.randint(1, 6))]
+        quoted = ["> " + " ".join(self._words(rng, 15)) for _ in range(rng.randint(0, 12))]
+        message.set_content("\n\n".join(paragraphs) + "\n\n" + "\n".join(quoted) + "\n")
+        if rng.random() < 0.1:
+            rows = "\n".join(",".join(self._words(rng, 5)) for _ in range(rng.randint(5, 60)))
+            message.add_attachment(rows.encode(), maintype="text", subtype="csv",
+                                   filename=f"{self._words(rng, 1)[0]}.csv")
+        return message.as_bytes(), Envelope(sender, tuple(rcpts))
+
+    def _words(self, rng: random.Random, count: int) -> list[str]:
+        return rng.choices(self.words, self.weights, k=count)
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10)))
+
+
+@contextlib.contextmanager
+def capturing_documents(into: list[dict]):
+    """Record each normalised document the follower puts (for the bare run)."""
+    original = catalogue_module._NormalisingBatch.put
+
+    def put(self, document: dict) -> None:
+        into.append(normalise(document))
+        original(self, document)
+
+    catalogue_module._NormalisingBatch.put = put  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        catalogue_module._NormalisingBatch.put = original  # type: ignore[method-assign]
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+class EngineRun:
+    """One engine's catalogue and bare index, grown size by size."""
+
+    def __init__(self, name: str, scratch: Path, vault: Vault) -> None:
+        self.name = name
+        self.catalogue = Catalogue(scratch / f"catalogue-{name}", name)
+        self.follower = Follower(vault, self.catalogue)
+        self.bare = open_engine(name, scratch / f"bare-{name}")
+        self.vault = vault
+
+    def index(self) -> dict[str, float]:
+        prepared: list[dict] = []
+        started = time.perf_counter()
+        with capturing_documents(prepared):
+            count = self.follower.catch_up()
+        full_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        for start in range(0, len(prepared), BARE_BATCH):
+            with self.bare.batch() as batch:
+                for document in prepared[start:start + BARE_BATCH]:
+                    batch.put(document)
+        bare_seconds = time.perf_counter() - started
+        full_rate = count / full_seconds
+        bare_rate = len(prepared) / bare_seconds if prepared else 0.0
+        return {"documents": count, "full_docs_per_s": full_rate,
+                "bare_docs_per_s": bare_rate,
+                "ratio": full_rate / bare_rate if bare_rate else 0.0}
+
+    def latency(self, corpus: Corpus, first_number: int) -> list[float]:
+        samples = []
+        for number in range(first_number, first_number + LATENCY_REPEATS):
+            raw, envelope = corpus.message(number)
+            word = f"fresh{number}"
+            raw = raw.replace(b"\n\n", f"\n\n{word} ".encode(), 1)
+            owners = frozenset({envelope.rcpt_tos[0]})
+            started = time.perf_counter()
+            self.vault.archive(raw, envelope)
+            while True:
+                self.follower.catch_up()
+                if self.catalogue.search(word, owners=owners, facets=False).total:
+                    break
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    def queries(self, corpus: Corpus, rng: random.Random) -> dict[str, dict[str, float]]:
+        common = corpus.words[10:400]
+        kinds = {
+            "term": lambda: rng.choice(common),
+            "phrase": lambda: f'"{rng.choice(corpus.words[:30])} {rng.choice(corpus.words[:30])}"',
+            "from": lambda: f"from:{rng.choice(corpus.senders)}",
+            "date_range_term": lambda: (f"after:{rng.randint(2018, 2024)}-0{rng.randint(1, 9)}-01 "
+                                        f"before:2025-06-01 {rng.choice(common)}"),
+            "owner_term": lambda: rng.choice(common),
+        }
+        results = {}
+        for kind, make in kinds.items():
+            times = []
+            for _ in range(QUERY_REPEATS):
+                text = make()
+                started = time.perf_counter()
+                if kind == "owner_term":
+                    self.catalogue.search(parse(text),
+                                          owners=frozenset({rng.choice(corpus.mailboxes)}))
+                else:
+                    self.catalogue.search_every_mailbox(parse(text))
+                times.append((time.perf_counter() - started) * 1000)
+            results[kind] = {"p50_ms": _percentile(times, 50), "p95_ms": _percentile(times, 95)}
+        return results
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(percent / 100 * (len(ordered) - 1))))]
+
+
+def seal_corpus(vault: Vault, corpus: Corpus, numbers: range) -> None:
+    """Archive messages in threads: the store's fsyncs, not the CPU, bound it."""
+    with ThreadPoolExecutor(SEALING_THREADS) as pool:
+        for _ in pool.map(lambda number: vault.archive(*corpus.message(number)), numbers):
+            pass
+
+
+def run(sizes: tuple[int, ...], engines: tuple[str, ...], scratch: Path,
+        limits: dict[str, int] | None = None, json_path: str | None = None) -> dict[str, Any]:
+    corpus = Corpus()
+    vault = Vault(LocalWormStore(scratch / "store"), LocalKeyFile.create(scratch / "kek.json"),
+                  OwnershipRules(domains=(DOMAIN,)))
+    runs = {name: EngineRun(name, scratch, vault) for name in engines}
+    rows: list[dict[str, Any]] = []
+    stored = 0
+    extra = 10_000_000
+    for size in sizes:
+        _progress(f"sealing messages {stored}..{size}")
+        seal_corpus(vault, corpus, range(stored, size))
+        stored = size
+        for name, engine_run in runs.items():
+            if size > (limits or {}).get(name, size):
+                continue
+            _progress(f"{name}: indexing up to {size}")
+            indexing = engine_run.index()
+            latency = engine_run.latency(corpus, extra)
+            extra += LATENCY_REPEATS
+            queries = engine_run.queries(corpus, random.Random(size))
+            rows.append({
+                "engine": name, "size": size, **indexing,
+                "new_mail_searchable_s": statistics.median(latency),
+                "index_share_of_vault": (disk_bytes(engine_run.catalogue.generation)
+                                         / disk_bytes(scratch / "store")),
+                "queries": queries,
+            })
+            _progress(json.dumps(rows[-1]))
+            if json_path:
+                Path(json_path).write_text(json.dumps({"rows": rows}, indent=2))
+        # Every engine saw the same new mail; the others index it next time.
+    return {"sizes": list(sizes), "engines": list(engines), "rows": rows,
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        "load": os.getloadavg()},
+            "goals": judge(rows, engines[0])}
+
+
+def judge(rows: list[dict[str, Any]], default: str) -> dict[str, Any]:
+    mine = [row for row in rows if row["engine"] == default]
+    largest = max(mine, key=lambda row: row["size"]) if mine else None
+    if largest is None:
+        return {}
+    worst = max(query["p95_ms"] for query in largest["queries"].values())
+    return {"engine": default, "size": largest["size"], "worst_p95_ms": worst,
+            "p95_goal_met": worst < P95_GOAL_MS,
+            "ratio": largest["ratio"], "ratio_goal_met": largest["ratio"] >= RATIO_GOAL}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"\nCatalogue benchmark ({report['machine']['cpus']} CPUs, "
+          f"load {report['machine']['load'][0]:.1f} at start)")
+    print(f"{'engine':<8} {'size':>7} {'full/s':>8} {'bare/s':>8} {'ratio':>6} "
+          f"{'new→found':>9} {'index/vault':>11}")
+    for row in report["rows"]:
+        print(f"{row['engine']:<8} {row['size']:>7} {row['full_docs_per_s']:>8.0f} "
+              f"{row['bare_docs_per_s']:>8.0f} {row['ratio']:>6.2f} "
+              f"{row['new_mail_searchable_s'] * 1000:>7.0f}ms "
+              f"{row['index_share_of_vault']:>10.0%}")
+    print(f"\n{'engine':<8} {'size':>7} " + " ".join(
+        f"{kind:>17}" for kind in report["rows"][0]["queries"]) + "   (p50/p95 ms)")
+    for row in report["rows"]:
+        print(f"{row['engine']:<8} {row['size']:>7} " + " ".join(
+            f"{q['p50_ms']:>8.1f}/{q['p95_ms']:<8.1f}" for q in row["queries"].values()))
+    goals = report["goals"]
+    if goals:
+        print(f"\nGoals for {goals['engine']} at {goals['size']}: worst p95 "
+              f"{goals['worst_p95_ms']:.1f} ms (< {P95_GOAL_MS:.0f}: "
+              f"{'met' if goals['p95_goal_met'] else 'NOT met'}); indexing ratio "
+              f"{goals['ratio']:.2f} (>= {RATIO_GOAL}: "
+              f"{'met' if goals['ratio_goal_met'] else 'NOT met'})")
+
+
+def _progress(what: str) -> None:
+    print(f"... {what}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run on 1,000 messages")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--sizes", help="comma-separated corpus sizes, growing")
+    parser.add_argument("--engines", default="tantivy,whoosh",
+                        help="comma-separated engines; the first is judged by the goals")
+    parser.add_argument("--tmp-dir", help="where the scratch directory goes")
+    parser.add_argument("--limit", action="append", default=[], metavar="ENGINE=SIZE",
+                        help="stop growing ENGINE's index past SIZE (Whoosh at 100,000 "
+                             "takes hours)")
+    arguments = parser.parse_args(argv)
+    sizes = QUICK_SIZES if arguments.quick else FULL_SIZES
+    if arguments.sizes:
+        sizes = tuple(int(size) for size in arguments.sizes.split(","))
+    engines = tuple(arguments.engines.split(","))
+    scratch = Path(tempfile.mkdtemp(prefix="catalogue-bench-", dir=arguments.tmp_dir))
+    try:
+        limits = {name: int(size) for name, _, size in
+                  (limit.partition("=") for limit in arguments.limit)}
+        report = run(sizes, engines, scratch, limits, arguments.json)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print_report(report)
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

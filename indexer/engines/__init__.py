@@ -1,0 +1,1 @@
+"""Search engines behind the catalogue's interface (see indexer.catalogue.Engine)."""

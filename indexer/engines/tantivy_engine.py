@@ -1,0 +1,301 @@
+"""The tantivy engine: the Rust search library through its official bindings.
+
+Dates are kept as whole microseconds since the Unix epoch in UTC, in an
+integer field, so no engine rule about time zones can apply (case B22).
+Text is cut into words by ``\\w+`` and lower-cased, at indexing and for
+queries alike (the analyser is used on both sides).  Only one writer may
+hold an index, across processes (case B21): a batch takes the process's
+own lock first, and waits out another process's writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import tantivy
+from tantivy import FieldType, Occur, Order, Query
+
+from indexer import IndexerError
+from indexer import query as query_tree
+from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS,
+                               Facets, Page, document_of, record_of)
+
+log = logging.getLogger(__name__)
+
+ANALYZER = "strongroom"
+# Longer "words" are base64 or junk; tantivy's own limit is 64 KB.
+MAX_WORD_CHARS = 100
+WRITER_HEAP_BYTES = 64_000_000
+WRITER_THREADS = 1
+LOCK_RETRY_SECONDS = 0.05
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+TEXT_FIELDS = (*SEARCH_FIELDS, "bcc", "filename")
+MAX_FACET_YEARS = 200
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    # No stop words and no stemming: an archive search finds the words
+    # that were written.
+    return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(r"\w+"))
+            .filter(tantivy.Filter.lowercase())
+            .filter(tantivy.Filter.remove_long(MAX_WORD_CHARS))
+            .build())
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw")
+    builder.add_text_field("owners", tokenizer_name="raw")
+    for name in TEXT_FIELDS:
+        builder.add_text_field(name, tokenizer_name=ANALYZER)
+    builder.add_text_field("message_id", tokenizer_name="raw")
+    builder.add_text_field("references", tokenizer_name="raw")
+    builder.add_text_field("sender_address", tokenizer_name="raw", fast=True)
+    builder.add_boolean_field("has_attachment", indexed=True)
+    builder.add_integer_field("date", indexed=True, fast=True)
+    builder.add_unsigned_field("year", indexed=True, fast=True)
+    builder.add_unsigned_field("size", indexed=True, fast=True)
+    builder.add_bytes_field("record", stored=True)
+    return builder.build()
+
+
+SCHEMA = _schema()
+WORDS = _analyzer()
+
+
+class TantivyEngine:
+    """One catalogue generation as a tantivy index (see Engine)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._index = tantivy.Index(SCHEMA, path=str(self.path), reuse=True)
+        except ValueError as err:
+            raise IndexerError(f"cannot open the catalogue {self.path}: {err}") from None
+        self._index.register_tokenizer(ANALYZER, _analyzer())
+        self._write_lock = threading.Lock()
+
+    def _searcher(self) -> tantivy.Searcher:
+        # Costs a tenth of a millisecond, and makes a commit by another
+        # writer (this process or another) visible at once.
+        self._index.reload()
+        return self._index.searcher()
+
+    def search(self, node: query_tree.Node, owners: frozenset[str] | None, *,
+               offset: int, limit: int, sort: str, facets: bool) -> Page:
+        query = compile_query(node)
+        if owners is not None:
+            query = Query.boolean_query([
+                (Occur.Must, query),
+                (Occur.Must, Query.const_score_query(
+                    Query.term_set_query(SCHEMA, "owners", sorted(owners)), 0.0)),
+            ])
+        searcher = self._searcher()
+        if sort == "date":
+            found = searcher.search(query, limit, count=True, offset=offset,
+                                    order_by_field="date", order=Order.Desc)
+        else:
+            found = searcher.search(query, limit, count=True, offset=offset)
+        records = [_record(searcher.doc(address)) for _, address in found.hits]
+        counted = _facets(searcher, query) if facets and found.count else Facets()
+        return Page(found.count or 0, records, counted)
+
+    def matching_ids(self, node: query_tree.Node) -> list[str]:
+        searcher = self._searcher()
+        total = searcher.num_docs
+        if not total:
+            return []
+        found = searcher.search(compile_query(node), total, count=False)
+        return [searcher.doc(address).get_first("id") for _, address in found.hits]
+
+    def document(self, message_id: str) -> dict | None:
+        return _find(self._searcher(), message_id)
+
+    def records(self) -> Iterator[dict]:
+        searcher = self._searcher()
+        total = searcher.num_docs
+        if not total:
+            return iter(())
+        found = searcher.search(Query.all_query(), total, count=False)
+        return (document_of(_record(searcher.doc(address))) for _, address in found.hits)
+
+    def count(self) -> int:
+        return self._searcher().num_docs
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[_TantivyBatch]:
+        with self._write_lock:
+            writer = self._writer()
+            try:
+                yield _TantivyBatch(writer, self._searcher())
+                writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            finally:
+                # Release the index lock now: a traceback kept by a log
+                # handler may hold this frame, and the writer, for long.
+                writer.wait_merging_threads()
+            self._index.reload()
+
+    def _writer(self) -> tantivy.IndexWriter:
+        deadline = time.monotonic() + WRITER_WAIT_SECONDS
+        while True:
+            try:
+                return self._index.writer(heap_size=WRITER_HEAP_BYTES,
+                                          num_threads=WRITER_THREADS)
+            except ValueError as err:
+                if "LockBusy" not in str(err):
+                    raise IndexerError(f"cannot write the catalogue {self.path}: {err}") from None
+                if time.monotonic() > deadline:
+                    raise IndexerError(
+                        f"the catalogue {self.path} stayed locked by another writer "
+                        f"for {WRITER_WAIT_SECONDS:.0f} s") from None
+                time.sleep(LOCK_RETRY_SECONDS)
+
+    def close(self) -> None:
+        # tantivy releases its files when the last reference goes.
+        return None
+
+
+class _TantivyBatch:
+    def __init__(self, writer: tantivy.IndexWriter, searcher: tantivy.Searcher) -> None:
+        self.writer = writer
+        self.searcher = searcher
+
+    def get(self, message_id: str) -> dict | None:
+        return _find(self.searcher, message_id)
+
+    def put(self, document: dict) -> None:
+        # Delete then add in one commit: tantivy applies a delete to the
+        # documents added before it, so exactly the new one remains.
+        self.writer.delete_documents_by_term("id", document["id"])
+        self.writer.add_document(_tantivy_document(document))
+
+    def delete(self, message_id: str) -> None:
+        self.writer.delete_documents_by_term("id", message_id)
+
+
+def _tantivy_document(document: dict) -> tantivy.Document:
+    entry = tantivy.Document()
+    entry.add_text("id", document["id"])
+    for owner in document["owners"]:
+        entry.add_text("owners", owner)
+    for name in TEXT_FIELDS:
+        if document[name]:
+            entry.add_text(name, document[name])
+    if document["message_id"]:
+        entry.add_text("message_id", document["message_id"])
+    for reference in document.get("references", "").split():
+        entry.add_text("references", reference)
+    if document["sender_address"]:
+        entry.add_text("sender_address", document["sender_address"])
+    entry.add_boolean("has_attachment", document["has_attachment"])
+    if document["date"] is not None:
+        entry.add_integer("date", micros(document["date"]))
+        entry.add_unsigned("year", document["date"].year)
+    entry.add_unsigned("size", max(0, document["size"]))
+    entry.add_bytes("record", json.dumps(record_of(document)).encode("utf-8"))
+    return entry
+
+
+def _record(entry: tantivy.Document) -> dict:
+    return json.loads(entry.get_first("record"))
+
+
+def _find(searcher: tantivy.Searcher, message_id: str) -> dict | None:
+    found = searcher.search(Query.term_query(SCHEMA, "id", message_id), 1, count=False)
+    if not found.hits:
+        return None
+    return document_of(_record(searcher.doc(found.hits[0][1])))
+
+
+def _facets(searcher: tantivy.Searcher, query: Query) -> Facets:
+    counted = searcher.aggregate(query, {
+        "years": {"terms": {"field": "year", "size": MAX_FACET_YEARS}},
+        "senders": {"terms": {"field": "sender_address", "size": FACET_SENDERS}},
+    })
+    years = [(int(bucket["key"]), bucket["doc_count"])
+             for bucket in counted["years"]["buckets"]]
+    senders = [(str(bucket["key"]), bucket["doc_count"])
+               for bucket in counted["senders"]["buckets"]]
+    return Facets(years=tuple(sorted(years, reverse=True)),
+                  senders=tuple(sorted(senders, key=lambda item: (-item[1], item[0]))))
+
+
+def micros(moment: dt.datetime) -> int:
+    """Return an aware datetime as whole microseconds since the epoch (UTC)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def compile_query(node: query_tree.Node) -> Query:
+    """Compile the archive's query tree for tantivy."""
+    if isinstance(node, query_tree.Text):
+        fields = [node.field] if node.field else list(SEARCH_FIELDS)
+        return _one_or_any([_text(field, node) for field in fields])
+    if isinstance(node, query_tree.And):
+        return Query.boolean_query([(Occur.Must, compile_query(child))
+                                    for child in node.children])
+    if isinstance(node, query_tree.Or):
+        return _one_or_any([compile_query(child) for child in node.children])
+    if isinstance(node, query_tree.Not):
+        # A query of exclusions alone matches nothing in tantivy.
+        return Query.boolean_query([(Occur.Must, Query.all_query()),
+                                    (Occur.MustNot, compile_query(node.child))])
+    if isinstance(node, query_tree.DateRange):
+        return _range("date", FieldType.Integer,
+                      micros(node.start) if node.start else None,
+                      micros(node.end) if node.end else None)
+    if isinstance(node, query_tree.SizeRange):
+        return _range("size", FieldType.Unsigned, node.minimum, node.maximum)
+    if isinstance(node, query_tree.HasAttachment):
+        return Query.term_query(SCHEMA, "has_attachment", True)
+    return Query.all_query()
+
+
+def _range(field: str, kind: FieldType, lower: int | None, upper: int | None) -> Query:
+    # Ranges are half-open: from ``lower`` inclusive to ``upper`` exclusive.
+    if lower is None and upper is None:
+        return Query.all_query()
+    if kind == FieldType.Unsigned and upper is not None and upper <= 0:
+        return Query.empty_query()
+    return Query.range_query(SCHEMA, field, kind, lower, upper,
+                             include_lower=True, include_upper=upper is None)
+
+
+def _text(field: str, node: query_tree.Text) -> Query:
+    if field in ("message_id", "references"):
+        return Query.term_query(SCHEMA, field, node.text.strip().strip("<>"))
+    words = WORDS.analyze(node.text)
+    if not words:
+        return Query.empty_query()
+    if node.prefix:
+        parts = [Query.term_query(SCHEMA, field, word) for word in words[:-1]]
+        # Analysed words are letters, digits and underscores only, so
+        # nothing in them needs escaping in the pattern.
+        parts.append(Query.regex_query(SCHEMA, field, words[-1] + ".*"))
+        return _one_or_all(parts)
+    if len(words) == 1:
+        return Query.term_query(SCHEMA, field, words[0])
+    return Query.phrase_query(SCHEMA, field, words)
+
+
+def _one_or_any(queries: list[Query]) -> Query:
+    if len(queries) == 1:
+        return queries[0]
+    return Query.boolean_query([(Occur.Should, query) for query in queries])
+
+
+def _one_or_all(queries: list[Query]) -> Query:
+    if len(queries) == 1:
+        return queries[0]
+    return Query.boolean_query([(Occur.Must, query) for query in queries])
