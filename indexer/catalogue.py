@@ -325,14 +325,13 @@ class Catalogue:
         The same filter as ``search``, without snippets: for acting on a
         whole result (restore).  Raises QueryError like ``search``.
         """
-        query = self.parse(text, zone)
+        node = query_tree.parse(text, zone=zone)
         if not owners:
             return 0, []
-        owner_filter = Or([Term("owners", owner.lower()) for owner in sorted(owners)])
-        with self._index.searcher() as searcher:
-            found = searcher.search(query, limit=limit, filter=owner_filter,
-                                    sortedby="date", reverse=True)
-            return len(found), [hit["id"] for hit in found]
+        owner_set = frozenset(owner.lower() for owner in owners)
+        found = self._engine_now().search(node, owner_set, offset=0, limit=limit,
+                                          sort="date", facets=False)
+        return found.total, [record["id"] for record in found.records]
 
     def is_visible(self, message_id: str, owners: frozenset[str]) -> bool:
         """Tell whether any of ``owners`` owns the message (the second check)."""

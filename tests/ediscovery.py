@@ -83,7 +83,7 @@ def deliver(home: Path, mail: list[tuple[str, str, str, str]]) -> None:
         vault.archive(message(sender, recipient, subject, body),
                       Envelope(sender, (recipient,)))
     catalogue_path = settings.path(settings.catalogue.path)
-    Follower(vault, Catalogue(catalogue_path), catalogue_path / "cursor").catch_up()
+    Follower(vault, Catalogue(catalogue_path)).catch_up()
 
 
 def person(home: Path, address: str):

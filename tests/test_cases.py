@@ -29,7 +29,7 @@ def services(home):
     control = ControlDB(settings.path(settings.control.database))
     control.create()
     path = settings.path(settings.catalogue.path)
-    cases = Cases(control, Catalogue(path), path / "cursor")
+    cases = Cases(control, Catalogue(path))
     vault = open_vault(settings)
     return cases, CaseHolds(cases, Holds(control, vault.store), vault), vault
 

@@ -110,10 +110,11 @@ class Cases:
     """Keep cases in the control database and run their searches."""
 
     def __init__(self, control: ControlDB, catalogue: CatalogueView,
-                 cursor_path: Path) -> None:
+                 cursor_path: Path | None = None) -> None:
         self.control = control
         self.catalogue = catalogue
-        self.cursor_path = Path(cursor_path)
+        # None: the follower's cursor in the catalogue's current generation.
+        self.cursor_path = Path(cursor_path) if cursor_path is not None else None
 
     def create(self, name: str, description: str, custodians: Iterable[str],
                actor: Principal, members: Iterable[str] = ()) -> Case:
@@ -286,8 +287,9 @@ class Cases:
 
     def catalogue_state(self) -> dict[str, Any]:
         """Return what the catalogue held: documents and the follower's cursor."""
+        path = self.cursor_path or Path(getattr(self.catalogue, "cursor_path"))
         try:
-            cursor = self.cursor_path.read_text("ascii").strip()
+            cursor = path.read_text("ascii").strip()
         except FileNotFoundError:
             cursor = ""
         return {"documents": len(self.catalogue.ids()), "cursor": cursor,
@@ -298,7 +300,7 @@ class Cases:
         matches = []
         for message_id in sorted(self.catalogue.matching_ids(search.text)):
             document = self.catalogue.document(message_id) or {}
-            owners = [o for o in str(document.get("owners", "")).split(",") if o]
+            owners = owners_of(document)
             custodians = tuple(sorted(scope & set(owners))) if scope else tuple(owners)
             if scope and not custodians:
                 continue
@@ -341,3 +343,11 @@ def _saved_search(row: Any) -> SavedSearch:
                        tuple(json.loads(row["custodians"])), row["date_from"],
                        row["date_to"], row["created_by"], row["created_at"],
                        json.loads(row["state"]))
+
+
+def owners_of(document: dict[str, Any]) -> list[str]:
+    """Return a catalogue document's owners (a list; older forms were text)."""
+    owners = document.get("owners") or []
+    if isinstance(owners, str):
+        owners = owners.split(",")
+    return [owner for owner in owners if owner]

@@ -27,7 +27,7 @@ from indexer.extract import extract, header_text
 from vault import VaultError
 from vault.approvals import ApprovalError, pending
 from vault.case_holds import CaseHolds
-from vault.cases import Case, CaseError, Cases
+from vault.cases import Case, CaseError, Cases, owners_of
 from vault.config import Settings
 from vault.export import ExportError, Exporter
 from vault.holds import Holds
@@ -77,8 +77,7 @@ def _settings() -> Settings:
 
 
 def _cases() -> Cases:
-    path = _settings().path(_settings().catalogue.path)
-    return Cases(archive().control, archive().catalogue, path / "cursor")
+    return Cases(archive().control, archive().catalogue)
 
 
 def _holds(cases: Cases) -> CaseHolds:
@@ -106,7 +105,7 @@ def search() -> Any:
             error, found = str(err), []
         for message_id in found:
             document = archive().catalogue.document(message_id) or {}
-            owners = [o for o in document.get("owners", "").split(",") if o]
+            owners = owners_of(document)
             if not in_scope(principal(), owners):
                 continue
             total += 1
@@ -128,7 +127,7 @@ def search() -> Any:
 @requires(MAIL_ANY, NotFound)
 def message(message_id: str) -> Any:
     document = archive().catalogue.document(message_id) if len(message_id) == 64 else None
-    owners = [o for o in (document or {}).get("owners", "").split(",") if o]
+    owners = owners_of(document or {})
     if document is None or not in_scope(principal(), owners):
         refuse(MAIL_ANY, NotFound, message_id)
     raw = archive().vault.read_message(f"{MESSAGES}/{message_id}")

@@ -314,11 +314,10 @@ def _actor(control: ControlDB, arguments: argparse.Namespace) -> Principal:
 
 
 def _cases(settings: Settings, control: ControlDB) -> Any:
-    from indexer.catalogue import Catalogue
+    from indexer.catalogue import open_catalogue
     from vault.cases import Cases
 
-    catalogue_path = settings.path(settings.catalogue.path)
-    return Cases(control, Catalogue(catalogue_path), catalogue_path / "cursor")
+    return Cases(control, open_catalogue(settings))
 
 
 def _case_holds(settings: Settings, cases: Any) -> Any:

@@ -22,6 +22,7 @@ from flask_login import current_user, login_required
 from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
 
+from indexer.catalogue import utc_naive
 from indexer.extract import header_text
 from indexer.query import MAX_QUERY_CHARS
 from web.archive import archive
@@ -272,8 +273,11 @@ def thread_of(message_id: str) -> list[ThreadEntry]:
     query carries the reader's mailboxes, so no one else's mail appears.
     """
     document = archive().catalogue.document(message_id) or {}
+    # Hits carry naive UTC dates (as pages show them); a document's date is
+    # aware, so it is brought to the same form before the two are sorted.
     entries = {message_id: ThreadEntry(message_id, document.get("subject", ""),
-                                       document.get("from", ""), document.get("date"))}
+                                       document.get("from", ""),
+                                       utc_naive(document.get("date")))}
     known = _linked_ids(document)
     asked: set[str] = set()
     for _ in range(THREAD_ROUNDS):
