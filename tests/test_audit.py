@@ -77,3 +77,37 @@ def test_sealing_nothing_makes_no_batch(home):
     vault = open_vault(load(home))
     assert seal_pending(ControlDB(home / "control.sqlite3"), vault) == 0
     assert chain(home).batches == 4
+
+
+SEALER = """
+import sys
+from pathlib import Path
+from vault.audit import seal_pending
+from vault.config import load
+from vault.control import ControlDB
+from vault.ingest import open_vault
+home = Path(sys.argv[1])
+control = ControlDB(home / "control.sqlite3")
+vault = open_vault(load(home))
+for round in range(15):
+    control.audit(sys.argv[2], "search", query=str(round))
+    seal_pending(control, vault)
+"""
+
+
+def test_processes_sealing_at_once_keep_one_chain(home):
+    # serve seals on its schedule while a CLI command seals as it returns:
+    # each must read the chain's head under the same lock it writes with,
+    # or two batches claim one sequence number.
+    import subprocess
+    import sys
+
+    sealers = [subprocess.Popen([sys.executable, "-c", SEALER, str(home), f"p{n}@example.com"],
+                                stderr=subprocess.PIPE, text=True) for n in range(4)]
+    for sealer in sealers:
+        _, errors = sealer.communicate(timeout=120)
+        assert sealer.returncode == 0, errors
+        assert "adopting" not in errors
+    report = chain(home)
+    assert report.first_break is None
+    assert (report.events, report.unsealed) == (13 + 4 * 15, 0)

@@ -213,6 +213,12 @@ class ControlDB:
         connection.execute("PRAGMA foreign_keys=ON")
         try:
             with connection:
+                if exclusive:
+                    # The sqlite3 module opens its transaction only before
+                    # the first write; a read-modify-write must hold the
+                    # lock from its first read, or two processes read the
+                    # same state and both write on it.
+                    connection.execute("BEGIN IMMEDIATE")
                 yield connection
         finally:
             connection.close()
