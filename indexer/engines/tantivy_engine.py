@@ -40,10 +40,19 @@ TEXT_FIELDS = (*SEARCH_FIELDS, "bcc", "filename")
 MAX_FACET_YEARS = 200
 
 
+# Chinese and Japanese are written without spaces, so a "word" of \w+ is a
+# whole sentence (often longer than MAX_WORD_CHARS, and then dropped) and no
+# word inside it could be found.  Each Han, Hiragana or Katakana character
+# is a token of its own instead; a query's run of them becomes a phrase,
+# which finds exactly that run anywhere in the text.
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+WORD_PATTERN = rf"[{_CJK}]|[\w&&[^{_CJK}]]+"
+
+
 def _analyzer() -> tantivy.TextAnalyzer:
     # No stop words and no stemming: an archive search finds the words
     # that were written.
-    return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(r"\w+"))
+    return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(WORD_PATTERN))
             .filter(tantivy.Filter.lowercase())
             .filter(tantivy.Filter.remove_long(MAX_WORD_CHARS))
             .build())
