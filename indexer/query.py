@@ -242,6 +242,14 @@ class _Reader:
 
     def period(self, value: str) -> tuple[dt.datetime, dt.datetime]:
         """Return the UTC instants that start and end the period ``value`` names."""
+        try:
+            return self._period(value)
+        except (ValueError, OverflowError):
+            # Year 0, or a period running past year 9999.
+            raise QueryError(f"cannot use the date {value!r}: it is outside the "
+                             "calendar this archive searches") from None
+
+    def _period(self, value: str) -> tuple[dt.datetime, dt.datetime]:
         text = value.strip().lower()
         if text in ("today", "yesterday"):
             day = self.today - dt.timedelta(days=1 if text == "yesterday" else 0)
@@ -277,12 +285,19 @@ def _word(field: str | None, value: str) -> Text:
     return Text(field, value)
 
 
+# No message comes near a petabyte; engines keep sizes in 64 bits.
+MAX_SIZE = 2 ** 50
+
+
 def _size(value: str) -> int:
     match = _SIZE.fullmatch(value.strip())
     if not match:
         raise QueryError(f"cannot read the size {value!r}; write e.g. 5MB or 100KB")
     unit = match.group(2).lower() if match.group(2) else None
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    size = float(match.group(1)) * _SIZE_UNITS[unit]
+    if size > MAX_SIZE:
+        raise QueryError(f"the size {value!r} is larger than any message")
+    return int(size)
 
 
 def _count(node: Node) -> int:

@@ -52,6 +52,11 @@ def test_dates_in_human_forms_and_the_users_time_zone():
     ("*x", "may not start"), ("date:2024-13", "date"), ('after:"not a date"', "date"),
     ("NOT", "ends where a word"), ("a" * 2001, "longer than"),
     (" OR ".join(f"wo{n}*" for n in range(9)), "wildcard"), ("a*", "2 letters"),
+    # Found by attacking the portal: each of these was a 500.
+    ("date:0000-01", "outside the calendar"), ("date:9999-12", "outside the calendar"),
+    ("after:9999-12-31", "outside the calendar"), ('before:"31 Dec 9999"', "outside"),
+    ("larger:99999999999999999999999999MB", "larger than any message"),
+    ("smaller:99999999999999999999", "larger than any message"),
 ])
 def test_unreadable_queries_say_why(query, says):
     with pytest.raises(QueryError, match=says):
