@@ -254,3 +254,15 @@ def test_export_steps_are_audited(home, tmp_path):
     export(home, tmp_path / "out")
     actions = audit_actions(home, "comp@example.com")
     assert actions[-2:] == ["export.started", "export.finished"]
+
+
+def test_load_file_csv_cells_never_run_as_formulas():
+    # A sender writes the subject; a reviewer opens loadfile.csv in a
+    # spreadsheet (found by attacking an export with such a message).
+    from vault.volumes import spreadsheet_safe
+
+    assert spreadsheet_safe("=cmd|' /C calc'!A0 csvinj") == "'=cmd|' /C calc'!A0 csvinj"
+    assert spreadsheet_safe('=HYPERLINK("http://evil.example") <x@other.org>').startswith("'=")
+    assert [spreadsheet_safe(v) for v in ("+1", "-1", "@SUM(A1)", "\tx", "\rx")] == [
+        "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx"]
+    assert spreadsheet_safe("Re: merger") == "Re: merger"

@@ -188,7 +188,10 @@ class _DatWriter(Writer):
                 number += 1
                 row[0] = f"SR{number:08d}"
                 dat.write(_dat_line(row))
-                writer.writerow(row)
+                # The DAT keeps every value exactly; the CSV is the copy a
+                # reviewer opens in a spreadsheet, where a sender-written
+                # "=HYPERLINK(...)" subject would run as a formula.
+                writer.writerow([spreadsheet_safe(str(cell)) for cell in row])
             text_csv.flush()
             text_csv.detach()
 
@@ -308,3 +311,13 @@ def _dat_line(values: Any) -> bytes:
     fields = (DAT_QUOTE + str(value).replace("\r\n", DAT_NEWLINE).replace(
         "\n", DAT_NEWLINE).replace(DAT_QUOTE, "") + DAT_QUOTE for value in values)
     return (DAT_DELIMITER.join(fields) + "\r\n").encode("utf-8")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """Return ``value`` so that no spreadsheet runs it as a formula.
+
+    A cell that starts with = + - @ or a tab or carriage return is prefixed
+    with a quote (OWASP "CSV injection"); archived mail is hostile and its
+    subjects and addresses are the sender's own text.
+    """
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value

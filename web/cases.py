@@ -30,6 +30,7 @@ from vault.case_holds import CaseHolds
 from vault.cases import Case, CaseError, Cases, owners_of
 from vault.config import Settings
 from vault.export import ExportError, Exporter
+from vault.volumes import spreadsheet_safe
 from vault.holds import Holds
 from vault.ingest import MESSAGES
 from vault.roles import (AUDIT_VIEW, CASE_MANAGE, CASE_VIEW, EXPORT_DOWNLOAD, EXPORT_RUN,
@@ -396,6 +397,5 @@ def _audit_csv(events: list[dict[str, Any]]) -> Response:
 
 
 def _csv_safe(value: str) -> str:
-    # A cell a spreadsheet would run as a formula is prefixed with a quote
-    # (OWASP "CSV injection"); audit targets can carry user-typed text.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    # Audit targets can carry user-typed text.
+    return spreadsheet_safe(value)
