@@ -198,3 +198,19 @@ def test_two_person_release_on_the_command_line(tmp_path, monkeypatch, capsys):
     assert strongroom(["approve", request, *base, "--actor", "comp2@example.com"]) == 0
     assert "released case:kestrel" in capsys.readouterr().out
     assert not holds.active_holds(case)
+
+
+def test_narrowing_an_officers_scope_closes_cases_beyond_it(home):
+    # Found by attacking the portal: a scope set after an export still let
+    # the officer download the export of mail outside it.
+    from vault.roles import scope
+
+    cases, _, _ = services(home)
+    comp = person(home, "comp@example.com")
+    cases.create("kestrel", "", ["bob@example.com"], comp)
+    assert [case.name for case in cases.visible(comp)] == ["kestrel"]
+    scope(cases.control, "comp@example.com", "emea.example.com", "admin@example.com")
+    narrowed = person(home, "comp@example.com")
+    with pytest.raises(CaseError, match="no case named"):
+        cases.get("kestrel", narrowed)
+    assert cases.visible(narrowed) == []

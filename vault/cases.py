@@ -145,7 +145,7 @@ class Cases:
         """Return the case if ``viewer`` may see it (a member with case.view)."""
         require(viewer, CASE_VIEW)
         case = self._load(name)
-        if case is None or viewer.address not in case.members:
+        if case is None or viewer.address not in case.members or not _within(viewer, case):
             raise CaseError(f"no case named {name!r}")
         return case
 
@@ -156,7 +156,8 @@ class Cases:
             names = [row["name"] for row in connection.execute(
                 "SELECT name FROM cases JOIN case_members ON case_id = id"
                 " WHERE address = ? ORDER BY created_at DESC", (viewer.address,))]
-        return [case for case in map(self._load, names) if case is not None]
+        return [case for case in map(self._load, names)
+                if case is not None and _within(viewer, case)]
 
     def add_member(self, case: Case, address: str, actor: Principal) -> None:
         """Let another person work on (and download from) the case."""
@@ -351,3 +352,10 @@ def owners_of(document: dict[str, Any]) -> list[str]:
     if isinstance(owners, str):
         owners = owners.split(",")
     return [owner for owner in owners if owner]
+
+
+def _within(viewer: Principal, case: Case) -> bool:
+    # A domain-scoped officer sees a case (its searches, holds and export
+    # files) only while every custodian is inside their scope: narrowing
+    # the scope closes the cases that reach beyond it.
+    return all(in_scope(viewer, [mailbox]) for mailbox in case.custodians)

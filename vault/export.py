@@ -205,6 +205,8 @@ class Exporter:
         row = self.job(job)
         if row["case_id"] != case.id or row["state"] != "done":
             raise ExportError(f"no finished export {job} in case {case.name}")
+        if "\0" in relative:
+            raise ExportError(f"no file {relative!r} in export {job}")
         root = Path(row["path"]).resolve()
         target = (root / relative).resolve()
         if root not in target.parents or not (target.is_dir() if folder else target.is_file()):
