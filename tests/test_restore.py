@@ -158,6 +158,10 @@ def test_restored_messages_are_byte_identical_with_their_date_and_flags(app, dov
     by_subject = {re.search(rb"Subject: ([^\r]*)", raw).group(1): when for raw, when, _ in stored}
     b22 = [when for raw, when, _ in stored if raw == (CASES / "B22.eml").read_bytes()][0]
     assert b22 == dt.datetime(2025, 1, 7, 7, 30, tzinfo=dt.timezone.utc)
+    # Case B29: the time its own server received it (top Received header,
+    # 03-Mar-2015 08:15:07 +0100), not the Date (08:15:00) nor today.
+    b29 = [when for raw, when, _ in stored if raw == (CASES / "B29.eml").read_bytes()][0]
+    assert b29 == dt.datetime(2015, 3, 3, 7, 15, 7, tzinfo=dt.timezone.utc)
     assert len(by_subject) == 4
 
     (event,) = audit(app, "restore")

@@ -57,20 +57,28 @@ def folder_name(pattern: str, moment: dt.datetime) -> str:
 
 def internal_date(raw: bytes, received_at: Callable[[], dt.datetime | None]
                   ) -> dt.datetime | None:
-    """Return the message's Date header, else ``received_at()``.
+    """Return when the message arrived, as the mailbox would have dated it.
 
-    A Date without a zone (RFC 5322 "-0000") is taken as UTC.  The
-    receipt time is looked up only for a message without a usable Date.
+    The top Received header is the time the organisation's own server took
+    the message (each hop prepends its trace, RFC 5321 section 4.4), which
+    is the internal date the original mailbox gave it (case B29); then the
+    Date header; then ``received_at()``, the archive's own receipt time,
+    looked up only for a message that has neither.  A time without a zone
+    (RFC 5322 "-0000") is taken as UTC.
     """
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
-    try:
-        date = email.utils.parsedate_to_datetime(str(headers.get("Date", "")))
-    except (TypeError, ValueError, IndexError):
-        date = None
-    if date is not None and date.tzinfo is None:
-        date = date.replace(tzinfo=dt.timezone.utc)
-    if date is not None and 1970 <= date.year < 10000:
-        return date
+    received = headers.get_all("Received") or []
+    candidates = [str(received[0]).rpartition(";")[2]] if received else []
+    candidates.append(str(headers.get("Date", "")))
+    for text in candidates:
+        try:
+            date = email.utils.parsedate_to_datetime(text.strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            continue
+        if date.tzinfo is None:
+            date = date.replace(tzinfo=dt.timezone.utc)
+        if 1970 <= date.year < 10000:
+            return date
     return received_at()
 
 
