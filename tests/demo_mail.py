@@ -9,9 +9,10 @@ domain is a reserved example domain; nothing here is anyone's real mail.
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-from email.utils import format_datetime
 import datetime as dt
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
 
 OWNER = "bob@example.com"
 # The attachment of ATTACHMENT_SUBJECT: its name needs RFC 5987 encoding.
@@ -83,3 +84,8 @@ def demo_messages() -> list[bytes]:
                           "The usual place at 12:30? It fits the team budget.\n\nCarol",
                           ident="demo-5"))
     return [message.as_bytes() for message in built]
+
+
+def sender_of(raw: bytes) -> str:
+    """Return the address of a demo message's From (its envelope sender)."""
+    return parseaddr(message_from_bytes(raw)["From"])[1]

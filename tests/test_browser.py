@@ -17,7 +17,8 @@ import pytest
 from tests import demo_mail
 from tests.conftest import CASES
 from tests.harness import USER_PASSWORD, ArchiveServer
-from tests.peers.chromium import DESKTOP, PHONE, Chromium, require_chromium
+from tests.peers.chromium import (DESKTOP, PHONE, Chromium, full_page_screenshot,
+                                  require_chromium)
 from tests.peers.dovecot import Dovecot, require_dovecot
 from vault.config import load
 from vault.control import ControlDB
@@ -104,7 +105,7 @@ class Portal:
         for label, size in (("360", PHONE), ("1280", DESKTOP)):
             self.page.set_viewport_size(size)
             path = folder / f"{name}-{label}.png"
-            self.page.screenshot(path=str(path), full_page=True)
+            full_page_screenshot(self.page, str(path))
             taken.append(path)
             width = self.page.evaluate("document.documentElement.scrollWidth")
             assert width <= size["width"], f"{name} scrolls sideways at {label} px ({width})"
@@ -132,7 +133,7 @@ def server(tmp_path, dovecot):
     for name in MESSAGES:
         server.send((CASES / name).read_bytes(), "x@elsewhere.net", [BOB])
     for raw in demo_mail.demo_messages():
-        server.send(raw, "someone@example.org", [BOB])
+        server.send(raw, demo_mail.sender_of(raw), [BOB])
     expected = len(MESSAGES) + len(demo_mail.demo_messages())
     assert server.wait_for(token, "*", count=expected, timeout=30)["total"] == expected
     yield server

@@ -16,7 +16,8 @@ import pytest
 
 from tests.ediscovery import MAIL, audit_actions, message
 from tests.harness import ADMIN_PASSWORD, USER_PASSWORD, ArchiveServer
-from tests.peers.chromium import DESKTOP, PHONE, Chromium, require_chromium
+from tests.peers.chromium import (DESKTOP, PHONE, Chromium, full_page_screenshot,
+                                  require_chromium)
 
 OFFICER = "comp@example.com"
 AUDITOR = "aud@example.com"
@@ -75,7 +76,9 @@ def search_row(page, name: str):
 def screenshot(page, name: str, folder: Path) -> None:
     for label, size in (("360", PHONE), ("1280", DESKTOP)):
         page.set_viewport_size(size)
-        page.screenshot(path=str(folder / f"{name}-{label}.png"), full_page=True)
+        full_page_screenshot(page, str(folder / f"{name}-{label}.png"))
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= size["width"], f"{name} scrolls sideways at {label} px ({width})"
     page.set_viewport_size(DESKTOP)
 
 
