@@ -76,8 +76,7 @@ def demo_messages() -> list[bytes]:
                        "Bob,\n\nHere is the revised budget after Thursday's review: "
                        "travel down by 3,000 EUR, training up by the same.\n\nAlice",
                        reply_to="demo-2", ident="demo-4")
-    maintype, subtype = "text", "csv"
-    revised.add_attachment(ATTACHMENT, maintype=maintype, subtype=subtype,
+    revised.add_attachment(ATTACHMENT, maintype="text", subtype="csv",
                            filename=ATTACHMENT_NAME)
     built.append(revised)
     built.append(_message(carol, "Team lunch on Friday", day + dt.timedelta(days=3),

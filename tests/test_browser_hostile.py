@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -160,9 +159,8 @@ def message_id(server: ArchiveServer, keyword: str) -> str:
 
 
 def html_frame(page):
-    frame = page.frame_locator("iframe.html-frame")
-    element = page.locator("iframe.html-frame").element_handle()
-    return frame, element.content_frame()
+    """Return the Frame of the message's sandboxed HTML iframe."""
+    return page.locator("iframe.html-frame").element_handle().content_frame()
 
 
 def assert_nothing_moved(page, url: str, title: str, frame_url: str, watch: Watch) -> None:
@@ -171,7 +169,7 @@ def assert_nothing_moved(page, url: str, title: str, frame_url: str, watch: Watc
     assert page.url == url, "the top page was navigated"
     assert page.title() == title, "something rewrote the top page's title"
     assert len(watch.chromium.context.pages) == 1, "a window was opened"
-    _, frame = html_frame(page)
+    frame = html_frame(page)
     assert frame.url == frame_url, "the message frame was navigated"
     # The frame's own head has three <meta> of the portal's; the message's
     # body may bring none of these elements.
@@ -191,7 +189,7 @@ def test_hostile_message_runs_and_loads_nothing(browser, hostile_server, remote,
         page.goto(url, wait_until="load")
         title = page.title()
         assert KEYWORDS[fixture] in title
-        _, frame = html_frame(page)
+        frame = html_frame(page)
         frame_url = frame.url
         assert frame_url.startswith(f"{url}/body.html")
         assert_nothing_moved(page, url, title, frame_url, watch)
@@ -218,7 +216,7 @@ def test_hostile_message_runs_and_loads_nothing(browser, hostile_server, remote,
             show.click()
             page.wait_for_url(f"{url}?remote=1")
             page.wait_for_load_state("load")
-            _, frame = html_frame(page)
+            frame = html_frame(page)
             assert_nothing_moved(page, f"{url}?remote=1", title, frame.url, watch)
             kinds = {kind for kind, _ in watch.remote_requests()}
             assert kinds <= {"image"}, watch.remote_requests()
