@@ -7,16 +7,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
 
+from tests import demo_mail
 from tests.conftest import CASES
 from tests.harness import USER_PASSWORD, ArchiveServer
-from tests.peers.chromium import DESKTOP, PHONE, Chromium, require_chromium
+from tests.peers.chromium import (DESKTOP, PHONE, Chromium, full_page_screenshot,
+                                  require_chromium)
 from tests.peers.dovecot import Dovecot, require_dovecot
+from vault.config import load
+from vault.control import ControlDB
 
 BOB = "bob@example.com"
 BOB_IMAP = "bob's mailbox password 5"
@@ -32,10 +37,14 @@ class Portal:
     would expect; a test strings steps together.
     """
 
-    def __init__(self, page, base_url: str, screenshots: Path) -> None:
+    def __init__(self, page, base_url: str, screenshots: Path,
+                 published: Path | None = None) -> None:
         self.page = page
         self.base_url = base_url
         self.screenshots = screenshots
+        # Where the screenshots of the demo mail go (docs/screenshots when
+        # STRONGROOM_SCREENSHOTS names it); the others stay in screenshots.
+        self.published = published or screenshots
 
     def sign_in(self, address: str, password: str = USER_PASSWORD) -> None:
         self.page.goto(self.base_url + "/login")
@@ -65,6 +74,12 @@ class Portal:
             self.page.get_by_role("link", name="Download original (.eml)").click()
         return Path(download.value.path()).read_bytes()
 
+    def download_attachment(self, filename: str) -> tuple[str, bytes]:
+        """Download an attachment from the message page: (suggested name, bytes)."""
+        with self.page.expect_download() as download:
+            self.page.locator(".files a", has_text=filename).click()
+        return download.value.suggested_filename, Path(download.value.path()).read_bytes()
+
     def choose_for_restore(self, *subjects: str) -> None:
         for subject in subjects:
             self.page.get_by_role("checkbox", name=f"Select {subject}").check()
@@ -84,12 +99,13 @@ class Portal:
         self.page.locator(".restored").wait_for(timeout=60_000)
         return self.page.get_by_role("status").inner_text()
 
-    def screenshot(self, name: str) -> list[Path]:
+    def screenshot(self, name: str, publish: bool = False) -> list[Path]:
         taken = []
+        folder = self.published if publish else self.screenshots
         for label, size in (("360", PHONE), ("1280", DESKTOP)):
             self.page.set_viewport_size(size)
-            path = self.screenshots / f"{name}-{label}.png"
-            self.page.screenshot(path=str(path), full_page=True)
+            path = folder / f"{name}-{label}.png"
+            full_page_screenshot(self.page, str(path))
             taken.append(path)
             width = self.page.evaluate("document.documentElement.scrollWidth")
             assert width <= size["width"], f"{name} scrolls sideways at {label} px ({width})"
@@ -116,7 +132,10 @@ def server(tmp_path, dovecot):
     token = server.add_user(BOB)
     for name in MESSAGES:
         server.send((CASES / name).read_bytes(), "x@elsewhere.net", [BOB])
-    assert server.wait_for(token, "*", count=len(MESSAGES), timeout=30)["total"] == 3
+    for raw in demo_mail.demo_messages():
+        server.send(raw, demo_mail.sender_of(raw), [BOB])
+    expected = len(MESSAGES) + len(demo_mail.demo_messages())
+    assert server.wait_for(token, "*", count=expected, timeout=30)["total"] == expected
     yield server
     server.stop()
 
@@ -132,9 +151,11 @@ def chromium(tmp_path):
 
 @pytest.fixture
 def portal(chromium, server, tmp_path):
-    screenshots = Path(SCREENSHOTS or tmp_path / "screenshots")
+    screenshots = tmp_path / "screenshots"
     screenshots.mkdir(parents=True, exist_ok=True)
-    return Portal(chromium.page(), server.base_url, screenshots)
+    published = Path(SCREENSHOTS) if SCREENSHOTS else screenshots
+    published.mkdir(parents=True, exist_ok=True)
+    return Portal(chromium.page(), server.base_url, screenshots, published)
 
 
 def subject_of(name: str) -> str:
@@ -195,3 +216,50 @@ def test_wrong_mailbox_password_then_restore_all_results(portal, chromium, dovec
     assert sorted(raw for raw, _, _ in restored) == sorted(
         (CASES / name).read_bytes() for name in MESSAGES)
     assert len(chromium.console_errors) == 1 and chromium.remote_requests == []
+
+
+def test_demo_mail_attachment_restore_and_screenshots(portal, chromium, server, dovecot):
+    """Bob's ordinary week: find the budget mail, read it, take the attachment."""
+    portal.sign_in(BOB)
+    assert portal.search(demo_mail.KEYWORD) == len(demo_mail.demo_messages())
+    portal.screenshot("search", publish=True)
+
+    portal.open_message(demo_mail.NEWSLETTER_SUBJECT)
+    assert portal.page.get_by_role("link", name="Show remote content").is_visible()
+    portal.screenshot("message-html", publish=True)
+
+    portal.search(demo_mail.KEYWORD)
+    portal.open_message(demo_mail.ATTACHMENT_SUBJECT)
+    portal.screenshot("message", publish=True)
+    name, data = portal.download_attachment(demo_mail.ATTACHMENT_NAME)
+    assert name == demo_mail.ATTACHMENT_NAME and data == demo_mail.ATTACHMENT
+    link = portal.page.locator(".files a", has_text=demo_mail.ATTACHMENT_NAME)
+    response = portal.page.request.get(portal.base_url + link.get_attribute("href"))
+    assert response.ok and response.body() == demo_mail.ATTACHMENT
+    headers = response.headers
+    assert headers["x-content-type-options"] == "nosniff"
+    disposition = headers["content-disposition"]
+    assert disposition.startswith("attachment;")
+    # RFC 6266: an ASCII fallback and the exact name in RFC 5987 form.
+    assert "filename*=UTF-8''Budget%202026%20%E2%80%93%20r%C3%A9vis%C3%A9.csv" in disposition
+    audit = server_audit(server, "download.attachment")
+    assert any(event["actor"] == BOB
+               and json.loads(event["detail"])["filename"] == demo_mail.ATTACHMENT_NAME
+               for event in audit)
+
+    portal.search(demo_mail.KEYWORD)
+    portal.choose_for_restore(demo_mail.ATTACHMENT_SUBJECT, demo_mail.THREAD_SUBJECT)
+    portal.screenshot("restore-dialog", publish=True)
+    outcome = portal.restore(BOB_IMAP)
+    assert "2 restored" in outcome and "0 failed" in outcome
+    portal.screenshot("restore-done", publish=True)
+
+    assert chromium.console_errors == []
+    assert chromium.remote_requests == []
+
+
+def server_audit(server, action: str | None = None) -> list[dict]:
+    """Read the server's audit events (of one action) from its control database."""
+    settings = load(server.home)
+    control = ControlDB(settings.path(settings.control.database))
+    return control.audit_events(action=action, limit=10_000)

@@ -123,3 +123,26 @@ class Chromium:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def full_page_screenshot(page, path: str) -> None:
+    """Save the whole page as it lays out at the current viewport width.
+
+    Playwright's ``full_page`` capture leaves a sandboxed (out-of-process)
+    frame blank when it lies below the viewport, so the viewport is grown
+    to the page's height instead; frames sized in ``vh`` are first pinned
+    to the height they have at the real viewport, so that the capture
+    shows the layout a reader sees and not one stretched to fit.
+    """
+    size = page.viewport_size
+    page.evaluate("""() => { for (const frame of document.querySelectorAll('iframe'))
+                               frame.style.height = frame.offsetHeight + 'px'; }""")
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": size["width"], "height": max(height, size["height"])})
+    page.wait_for_timeout(300)
+    try:
+        page.screenshot(path=path)
+    finally:
+        page.set_viewport_size(size)
+        page.evaluate("""() => { for (const frame of document.querySelectorAll('iframe'))
+                                   frame.style.height = ''; }""")
