@@ -141,21 +141,24 @@ def build_home(home: Path, messages: int) -> tuple[ArchiveServer, dict[str, Any]
     _progress("strongroom init")
     server.init()
     _add_users(home)
-    # The vault logs every message it archives; 100,000 lines help nobody.
-    logging.disable(logging.INFO)
     corpus = _corpus()
     settings = load(home)
     vault = open_vault(settings)
-    _progress(f"sealing {messages} messages into the home's vault")
-    started = time.perf_counter()
-    seal_corpus(vault, corpus, range(messages))
-    sealing = time.perf_counter() - started
-    _progress("indexing them with the real Follower")
-    catalogue = open_catalogue(settings)
-    started = time.perf_counter()
-    indexed = Follower(vault, catalogue).catch_up()
-    indexing = time.perf_counter() - started
-    catalogue.close()
+    # The vault logs every message it archives; 100,000 lines help nobody.
+    logging.disable(logging.INFO)
+    try:
+        _progress(f"sealing {messages} messages into the home's vault")
+        started = time.perf_counter()
+        seal_corpus(vault, corpus, range(messages))
+        sealing = time.perf_counter() - started
+        _progress("indexing them with the real Follower")
+        catalogue = open_catalogue(settings)
+        started = time.perf_counter()
+        indexed = Follower(vault, catalogue).catch_up()
+        indexing = time.perf_counter() - started
+        catalogue.close()
+    finally:
+        logging.disable(logging.NOTSET)
     return server, {
         "messages": messages, "indexed": indexed,
         "filled_by": "real Vault.archive then the real Follower.catch_up "
@@ -247,7 +250,7 @@ def bare_catalogue(home: Path, plans: dict[str, list[tuple[str, str]]]) -> dict[
         "by_kind": {kind: {"p50_ms": _percentile(values, 50),
                            "p95_ms": _percentile(values, 95),
                            "median_hits": sorted(totals[kind])[len(totals[kind]) // 2]}
-                    for kind, values in by_kind.items()},
+                    for kind, values in by_kind.items() if values},
     }
 
 
