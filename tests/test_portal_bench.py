@@ -38,12 +38,16 @@ def test_every_user_gets_every_kind_of_query():
 
 def test_signed_in_load_is_counted_and_forged_sessions_are_not(tmp_path):
     require(shutil.which("wrk") is not None, "wrk is not installed (scripts/install-peers)")
-    server, fill = portal_bench.build_home(tmp_path / "home", 60)
-    assert fill["indexed"] == 60
+    # 40 sealed and indexed by the Follower, 20 written straight to the catalogue.
+    server, fill = portal_bench.build_home(tmp_path / "home", 60, sealed=40)
+    assert (fill["indexed"], fill["direct"]) == (40, 20)
+    assert "Catalogue.batch()" in fill["filled_by"]
     corpus = portal_bench._corpus()
-    owner = portal_bench.user_address(0)
-    # A word of one of user0's messages, to search for over HTTP.
-    number = next(n for n in range(60) if owner in corpus.message(n)[1].rcpt_tos)
+    # A word of an unsealed message, to search for over HTTP as its owner.
+    number = 45
+    owner = corpus.message(number)[1].rcpt_tos[0]
+    other = next(portal_bench.user_address(n) for n in range(portal_bench.USERS)
+                 if portal_bench.user_address(n) != owner)
     subject = corpus.message(number)[0].split(b"Subject: ")[1].split(b"\n")[0]
     word = max(subject.decode().split(), key=len)
     plans = [[("term", word)], [("term", "zzzznothing")]]
@@ -51,7 +55,7 @@ def test_signed_in_load_is_counted_and_forged_sessions_are_not(tmp_path):
     server.start()
     try:
         cookies = [portal_bench.sign_in(server.web_port, owner),
-                   portal_bench.sign_in(server.web_port, portal_bench.user_address(1))]
+                   portal_bench.sign_in(server.web_port, other)]
         assert all(cookie.startswith("strongroom_session=") for cookie in cookies)
         status, page, _ = _get(server, f"/search?q={urllib.parse.quote(word)}", cookies[0])
         assert status == 200 and "/messages/" in page
