@@ -415,6 +415,7 @@ def run(messages: int, seconds: int, scratch: Path, profile: str | None = None,
         "overhead_p95": loaded["p95_ms"] / bare["p95_ms"],
         "overhead_p95_1_user": single["p95_ms"] / bare["p95_ms"],
         "threads": load(home).portal.threads,
+        "scratch_dir": str(scratch.parent),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "load": os.getloadavg()},
     }
@@ -424,7 +425,7 @@ def print_report(report: dict[str, Any]) -> None:
     fill, bare = report["fill"], report["bare_catalogue"]
     print(f"\nPortal search benchmark ({report['machine']['cpus']} CPUs, load "
           f"{report['machine']['load'][0]:.1f} at the end; waitress threads "
-          f"{report['threads']})")
+          f"{report['threads']}; home under {report['scratch_dir']})")
     print(f"{fill['messages']} messages for {USERS} users, filled by {fill['filled_by']}: "
           f"sealed at {fill['sealing_msgs_per_s']:.0f}/s, indexed at "
           f"{fill['indexing_docs_per_s']:.0f}/s ({fill['indexing_s']:.0f} s)"
@@ -458,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sealed", type=int, metavar="K",
                         help="seal and Follower-index only the first K messages; the rest "
                              "go straight into the catalogue (default: all sealed)")
-    parser.add_argument("--tmp-dir", help="where the scratch directory goes (/dev/shm "
-                        "keeps the vault's fsyncs out of the filling time)")
+    parser.add_argument("--tmp-dir", help="where the scratch home goes; on a tmpfs such as "
+                        "/dev/shm the audit trail's fsync per search costs nothing, which "
+                        "a real home on disk pays")
     parser.add_argument("--profile", metavar="PATH",
                         help="sample serve with py-spy during the 20-user load "
                              "(collapsed stacks to PATH; py-spy from PyPI)")
