@@ -57,3 +57,10 @@ bench-export: $(VENV)/.installed
 .PHONY: bench-catalogue
 bench-catalogue: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.catalogue_bench $(BENCH_ARGS)
+# Issue #6's portal load figures (wrk, 20 signed-in users, against the bare
+# catalogue): BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--messages
+# 100000 --sealed 2000 --json PATH" for the issue's size (about 30 min here).
+.PHONY: bench-portal
+bench-portal: $(VENV)/.installed
+	scripts/install-peers
+	$(VENV)/bin/python -m benchmarks.portal_bench $(BENCH_ARGS)
