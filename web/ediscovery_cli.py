@@ -115,7 +115,7 @@ def role_set(arguments: argparse.Namespace) -> int:
     """Change an account's role."""
     from vault.roles import set_role
 
-    settings, control = _open(arguments)
+    _, control = _open(arguments)
     set_role(control, arguments.address, arguments.role, "strongroom-cli")
     print(f"{arguments.address.lower()} is now {arguments.role}")
     return 0
@@ -125,7 +125,7 @@ def role_grant(arguments: argparse.Namespace) -> int:
     """Give an account one capability beyond its role."""
     from vault.roles import grant
 
-    settings, control = _open(arguments)
+    _, control = _open(arguments)
     grant(control, arguments.address, arguments.capability, "strongroom-cli")
     print(f"{arguments.address.lower()} may now {arguments.capability}")
     return 0
@@ -135,7 +135,7 @@ def role_scope(arguments: argparse.Namespace) -> int:
     """Limit an account's cross-mailbox work to one more domain."""
     from vault.roles import scope
 
-    settings, control = _open(arguments)
+    _, control = _open(arguments)
     scope(control, arguments.address, arguments.domain, "strongroom-cli")
     print(f"{arguments.address.lower()} is scoped to {arguments.domain.lower()}")
     return 0
