@@ -100,3 +100,19 @@ def test_init_failing_midway_removes_what_it_made(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         strongroom(["init", "--home", str(home), "--domain", "example.com"])
     assert not home.exists()
+
+
+def test_every_command_line_action_names_the_operator(home, monkeypatch, capsys):
+    # One identity for the command line in the audit: cli:<login>, never a fixed name.
+    monkeypatch.setattr("getpass.getuser", lambda: "operator")
+    monkeypatch.setattr("sys.stdin", io.StringIO("long enough password\n"))
+    assert strongroom(["user", "add", "bob@example.com", "--home", str(home),
+                       "--password-stdin"]) == 0
+    assert strongroom(["token", "create", "bob@example.com", "--home", str(home)]) == 0
+    assert strongroom(["role", "set", "bob@example.com", "auditor", "--home", str(home)]) == 0
+    capsys.readouterr()
+    assert strongroom(["audit", "show", "--home", str(home), "--limit", "10"]) == 0
+    events = capsys.readouterr().out
+    for action in ("user.created", "token.created", "role."):
+        assert f"cli:operator  {action}" in events, action
+    assert "strongroom-cli" not in events

@@ -36,6 +36,16 @@ BATCH_FORMAT = 1
 GENESIS = "0" * 64
 
 
+def command_line_actor() -> str:
+    """The audit identity of whoever runs a ``strongroom`` command: ``cli:<login>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 def batch_key(sequence: int) -> str:
     """Return the object key of the batch with this sequence number."""
     return f"{AUDIT}/{sequence:012d}"

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from vault import ConfigError, VaultError
+from vault.audit import command_line_actor as _operator
 from vault.config import CONFIG_NAME, Settings, load, parse_listen
 from vault.control import ControlDB
 from vault.keys import LocalKeyFile
@@ -165,7 +166,7 @@ def user_add(arguments: argparse.Namespace) -> int:
     user = _accounts(settings, control).add(
         arguments.address, password, role=arguments.role, aliases=tuple(arguments.alias)
     )
-    control.audit("strongroom-cli", "user.created", user.address,
+    control.audit(_operator(), "user.created", user.address,
                   role=user.role, mailboxes=sorted(user.mailboxes))
     print(f"Created {user.role} {user.address} ({', '.join(sorted(user.mailboxes))})")
     return 0
@@ -176,7 +177,7 @@ def token_create(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     control = _control(settings)
     token = _accounts(settings, control).create_token(arguments.address)
-    control.audit("strongroom-cli", "token.created", arguments.address.lower())
+    control.audit(_operator(), "token.created", arguments.address.lower())
     print(token)
     return 0
 
@@ -191,7 +192,7 @@ def sender_add(arguments: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\r\n")
     control = _control(settings)
     JournalSenders(control).add(arguments.name, password)
-    control.audit("strongroom-cli", "sender.created", arguments.name)
+    control.audit(_operator(), "sender.created", arguments.name)
     print(f"Created journal sender {arguments.name}")
     if settings.receiver.trust == "networks":
         print("receiver.trust is 'networks': set it to 'auth' or 'networks-or-auth' "
@@ -206,7 +207,7 @@ def sender_remove(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     control = _control(settings)
     JournalSenders(control).remove(arguments.name)
-    control.audit("strongroom-cli", "sender.removed", arguments.name)
+    control.audit(_operator(), "sender.removed", arguments.name)
     print(f"Removed journal sender {arguments.name}")
     return 0
 
@@ -223,7 +224,7 @@ def verify(arguments: argparse.Namespace) -> int:
     report = verify_vault(vault, catalogue_ids=catalogue.ids(), sample=arguments.sample,
                           progress=_progress_bar)
     control = _control(settings)
-    control.audit("strongroom-cli", "verify", "", messages=report.messages,
+    control.audit(_operator(), "verify", "", messages=report.messages,
                   receipts=report.receipts, opened=report.opened, faults=len(report.faults))
     for fault in report.faults:
         print(f"FAULT {fault}")
@@ -243,7 +244,7 @@ def keys_rotate(arguments: argparse.Namespace) -> int:
     keys = LocalKeyFile(settings.path(settings.keys.key_file))
     key_id = keys.rotate()
     _control(settings).audit(
-        "strongroom-cli", "keys.rotated", key_id)
+        _operator(), "keys.rotated", key_id)
     print(f"New objects are sealed under {key_id} once serve is restarted; "
           "every older key stays in the key file.")
     return 0
@@ -360,7 +361,7 @@ def reindex(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     report = rebuild(open_vault(settings), open_catalogue(settings),
                      overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds))
-    _control(settings).audit("strongroom-cli", "catalogue.reindexed", report.generation,
+    _control(settings).audit(_operator(), "catalogue.reindexed", report.generation,
                              receipts=report.receipts, documents=report.documents)
     print(f"Reindexed {report.receipts} receipts into {report.documents} documents "
           f"in {report.seconds:.1f} s; generation {report.generation} is current")
@@ -405,15 +406,6 @@ def _progress_bar(items, label: str, total: int | None):
     from tqdm import tqdm
 
     return tqdm(items, desc=label, total=total, unit="obj", file=sys.stderr)
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _control(settings: Settings) -> ControlDB:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vault import ConfigError
+from vault.audit import command_line_actor
 from vault.config import Settings, load
 from vault.control import ControlDB
 from vault.roles import CAPABILITIES, ROLES, Principal, load_principal
@@ -116,7 +117,7 @@ def role_set(arguments: argparse.Namespace) -> int:
     from vault.roles import set_role
 
     _, control = _open(arguments)
-    set_role(control, arguments.address, arguments.role, "strongroom-cli")
+    set_role(control, arguments.address, arguments.role, command_line_actor())
     print(f"{arguments.address.lower()} is now {arguments.role}")
     return 0
 
@@ -126,7 +127,7 @@ def role_grant(arguments: argparse.Namespace) -> int:
     from vault.roles import grant
 
     _, control = _open(arguments)
-    grant(control, arguments.address, arguments.capability, "strongroom-cli")
+    grant(control, arguments.address, arguments.capability, command_line_actor())
     print(f"{arguments.address.lower()} may now {arguments.capability}")
     return 0
 
@@ -136,7 +137,7 @@ def role_scope(arguments: argparse.Namespace) -> int:
     from vault.roles import scope
 
     _, control = _open(arguments)
-    scope(control, arguments.address, arguments.domain, "strongroom-cli")
+    scope(control, arguments.address, arguments.domain, command_line_actor())
     print(f"{arguments.address.lower()} is scoped to {arguments.domain.lower()}")
     return 0
 
