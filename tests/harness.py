@@ -6,6 +6,8 @@ administrator would start it; tests talk to it over SMTP and HTTP.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -17,7 +19,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+from web.cli import main as cli_main
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 USER_PASSWORD = "user-password-for-tests"
@@ -31,18 +36,53 @@ def free_port() -> int:
 
 
 def strongroom(*args: str, stdin: str | None = None, env: dict | None = None) -> str:
-    """Run the ``strongroom`` CLI and return its standard output."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "web.cli", *args],
-        input=stdin, capture_output=True, text=True, timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    if completed.returncode != 0:
+    """Run the ``strongroom`` CLI and return its standard output.
+
+    The command runs in this process through the same entry point the
+    installed script calls: a suite runs hundreds of commands, and a new
+    interpreter importing the whole product for each one cost minutes.
+    ``serve`` is the exception and always gets its own process
+    (``ArchiveServer.start``).
+    """
+    if args and args[0] == "serve":
+        raise ValueError("start serve with ArchiveServer, in its own process")
+    out, err = io.StringIO(), io.StringIO()
+    with _environment(env or {}), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err), _standard_input(stdin or ""):
+        try:
+            status = cli_main(list(args))
+        except SystemExit as exit:  # argparse refusing the arguments
+            status = exit.code if isinstance(exit.code, int) else 2
+    if status != 0:
         raise RuntimeError(
-            f"strongroom {' '.join(args)} failed ({completed.returncode}):\n"
-            f"{completed.stdout}\n{completed.stderr}"
+            f"strongroom {' '.join(args)} failed ({status}):\n"
+            f"{out.getvalue()}\n{err.getvalue()}"
         )
-    return completed.stdout
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def _environment(changes: dict) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _standard_input(text: str) -> Iterator[None]:
+    saved = sys.stdin
+    sys.stdin = io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 class ArchiveServer:
