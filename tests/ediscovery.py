@@ -7,18 +7,17 @@ knows exactly which custodian holds which message.
 from __future__ import annotations
 
 import hashlib
-import io
 from email.message import EmailMessage
 from pathlib import Path
 
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
+from tests import homes
 from vault.config import load
 from vault.control import ControlDB
 from vault.ingest import open_vault
 from vault.ownership import Envelope
 from vault.roles import load_principal
-from web.cli import main as strongroom
 
 PASSWORD = "correct horse battery"
 PEOPLE = {
@@ -61,16 +60,7 @@ MAIL = [
 
 def make_home(tmp_path: Path, monkeypatch, config: str = "") -> Path:
     """Create a home with one account per role and index MAIL into it."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    if config:
-        with open(home / "config.toml", "a", encoding="utf-8") as handle:
-            handle.write("\n" + config)
-    for address, role in PEOPLE.items():
-        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-        assert strongroom(["user", "add", address, "--role", role, "--home", str(home),
-                           "--password-stdin"]) == 0
+    home = homes.make_home(tmp_path, PEOPLE, config, password=PASSWORD)
     deliver(home, MAIL)
     return home
 

@@ -7,32 +7,19 @@ can be given per test.
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
 
+from tests.homes import ADMIN, ADMIN_PASSWORD, BOB, CAROL, PASSWORD, make_home  # noqa: F401 (re-exported)
 from vault.config import load
 from web.app import create_app
-from web.cli import main as strongroom
 
-PASSWORD = "correct horse battery"
-ADMIN_PASSWORD = "admin password 1"
-BOB = "bob@example.com"
-CAROL = "carol@example.com"
-ADMIN = "admin@example.com"
 
 
 @pytest.fixture
-def portal_home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    for address in (BOB, CAROL):
-        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-        assert strongroom(["user", "add", address, "--home", str(home),
-                           "--password-stdin"]) == 0
-    return home
+def portal_home(tmp_path):
+    return make_home(tmp_path)
 
 
 def make_app(home, accounts: str = ""):

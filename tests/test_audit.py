@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from tests.homes import make_home
 from vault.audit import seal_pending, verify_chain
 from vault.config import load
 from vault.control import ControlDB
@@ -15,10 +16,8 @@ from web.cli import main as strongroom
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    home = tmp_path / "home"
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
+def home(tmp_path):
+    home = make_home(tmp_path, people={})
     control = ControlDB(home / "control.sqlite3")
     vault = open_vault(load(home))
     for batch in range(3):

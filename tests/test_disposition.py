@@ -11,6 +11,7 @@ import pytest
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.conftest import CASES
+from tests.homes import make_home
 from vault import RetentionError
 from vault.config import load
 from vault.control import ControlDB
@@ -23,12 +24,8 @@ BOB = frozenset({"bob@example.com"})
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    home = tmp_path / "home"
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    with open(home / "config.toml", "a") as config:
-        config.write('\n[retention]\ndefault = "30d"\n')
+def home(tmp_path):
+    home = make_home(tmp_path, people={}, config='[retention]\ndefault = "30d"')
     vault = open_vault(load(home))
     for name in ("B16.eml", "B09.eml", "B22.eml"):
         vault.archive((CASES / name).read_bytes(), Envelope("a@example.com", ("bob@example.com",)))

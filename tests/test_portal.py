@@ -10,24 +10,17 @@ import pytest
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.conftest import CASES
+from tests.homes import PASSWORD, make_home
 from vault.config import load
 from vault.ingest import open_vault
 from vault.ownership import Envelope
 from web.app import create_app
-from web.cli import main as strongroom
 
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    for address in ("bob@example.com", "carol@example.com"):
-        monkeypatch.setattr("sys.stdin", __import__("io").StringIO(PASSWORD + "\n"))
-        assert strongroom(["user", "add", address, "--home", str(home), "--password-stdin"]) == 0
-    return home
+def home(tmp_path):
+    return make_home(tmp_path)
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ import pytest
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.conftest import CASES
+from tests.homes import make_home
 from tests.hostile import KEYWORDS, REMOTE_HOST, hostile_fixtures
-from tests.test_portal import PASSWORD, csrf_token, message_id_for, sign_in
+from tests.test_portal import csrf_token, message_id_for, sign_in
 from vault.config import load
 from vault.ingest import open_vault
 from vault.ownership import Envelope
 from web.app import create_app
-from web.cli import main as strongroom
 from web.selection import unquote_mboxrd
 
 B16_SHA256 = "36b9ae6a0701d0f343447e96b300fbdbc40303da57bf96561faa181d47daa736"
@@ -71,7 +71,7 @@ def attachments_message() -> bytes:
 
 def thread_message(number: int, to: str, *, reply_to: str | None = None,
                    references: str | None = None, word: str = "HERONTHREAD") -> bytes:
-    lines = [f"From: Alice Example <alice@example.com>", f"To: {to}",
+    lines = ["From: Alice Example <alice@example.com>", f"To: {to}",
              f"Subject: Re: {word} plans {number}",
              f"Date: Thu, 04 Dec 2025 0{number}:00:00 +0000",
              f"Message-ID: <thread-{word}-{number}@example.com>"]
@@ -90,15 +90,8 @@ def from_lines_message() -> bytes:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    for address in ("bob@example.com", "carol@example.com"):
-        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-        assert strongroom(["user", "add", address, "--home", str(home),
-                           "--password-stdin"]) == 0
-    return home
+def home(tmp_path):
+    return make_home(tmp_path)
 
 
 def build_app(home, **downloads):

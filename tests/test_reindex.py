@@ -14,6 +14,7 @@ from indexer.follow import Follower
 from indexer.reconcile import Reconciler
 from indexer.reindex import reindex
 from tests.conftest import CASES
+from tests.homes import make_home
 from vault.ingest import Vault
 from vault.keys import LocalKeyFile
 from vault.ownership import Envelope, OwnershipRules
@@ -134,9 +135,7 @@ def test_status_shows_coverage_and_gap_and_reindex_rebuilds(tmp_path, monkeypatc
     from vault.config import load
     from vault.ingest import open_vault
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
+    home = make_home(tmp_path, people={})
     settings = load(home)
     vault = open_vault(settings)
     deliver(vault, 3)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import re
@@ -17,17 +16,16 @@ import pytest
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.conftest import CASES
+from tests.homes import PASSWORD, make_home
 from tests.peers.dovecot import Dovecot, require_dovecot
 from vault import ConfigError
 from vault.config import load
 from vault.ingest import open_vault
 from vault.ownership import Envelope
 from web.app import create_app
-from web.cli import main as strongroom
 from web.mailbox import imap_bytes
 from web.restore import internal_date
 
-PASSWORD = "correct horse battery"
 BOB_IMAP = "bob's mailbox secret 7"
 CAROL_IMAP = "carol's mailbox secret 9"
 MASTER_IMAP = "master of all mailboxes 3"
@@ -48,19 +46,11 @@ def dovecot():
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, dovecot):
-    home = tmp_path / "home"
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    for address in ("bob@example.com", "carol@example.com"):
-        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-        assert strongroom(["user", "add", address, "--home", str(home),
-                           "--password-stdin"]) == 0
-    with open(home / "config.toml", "a") as config:
-        config.write(f'\n[restore]\nimap_host = "127.0.0.1"\nimap_port = {dovecot.port}\n'
-                     'tls = "none"\nflags = ["\\\\Seen", "\\\\Flagged", "restored"]\n'
-                     "timeout_seconds = 20.0\n")
-    return home
+def home(tmp_path, dovecot):
+    return make_home(tmp_path, config=(
+        f'[restore]\nimap_host = "127.0.0.1"\nimap_port = {dovecot.port}\n'
+        'tls = "none"\nflags = ["\\\\Seen", "\\\\Flagged", "restored"]\n'
+        "timeout_seconds = 20.0\n"))
 
 
 def make_app(home, **restore):

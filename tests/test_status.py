@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import CASES
 from tests.harness import ArchiveServer, strongroom as cli
+from tests.homes import make_home
 from vault.config import load
 from vault.control import ControlDB
 from vault.ingest import open_vault
@@ -17,11 +18,8 @@ from web.cli import main as strongroom
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    home = tmp_path / "home"
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    return home
+def home(tmp_path):
+    return make_home(tmp_path, people={})
 
 
 def test_status_counts_per_source_and_flags_a_silent_one(home, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.conftest import CASES
+from tests.homes import make_home
 from vault.ingest import Vault, open_vault
 from vault.config import load
 from vault.ownership import Envelope
@@ -17,11 +18,8 @@ from web.cli import main as strongroom
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("STRONGROOM_ADMIN_PASSWORD", "admin password 1")
-    home = tmp_path / "home"
-    assert strongroom(["init", "--home", str(home), "--domain", "example.com"]) == 0
-    return home
+def home(tmp_path):
+    return make_home(tmp_path, people={})
 
 
 @pytest.fixture
