@@ -59,19 +59,22 @@ def test_failures_take_about_as_long_for_every_kind_of_account(portal_home):
     app = make_app(portal_home, "lockout_attempts = 1000")
     client = app.test_client()
 
-    def median_seconds(**credentials):
-        times = []
-        for _ in range(7):
-            started = time.perf_counter()
-            assert sign_in(client, **credentials).status_code == 401
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+    def seconds(**credentials):
+        started = time.perf_counter()
+        assert sign_in(client, **credentials).status_code == 401
+        return time.perf_counter() - started
 
-    wrong = median_seconds(password="wrong password!")
-    unknown = median_seconds(address="nobody@example.com")
-    print(f"median failed sign-in: wrong password {wrong:.3f} s, unknown {unknown:.3f} s")
+    # Interleaved pairs, so that a machine busy with other work slows both
+    # kinds alike; the median ratio of the pairs is what an observer sees.
+    ratios = []
+    for _ in range(9):
+        wrong = seconds(password="wrong password!")
+        unknown = seconds(address="nobody@example.com")
+        ratios.append(unknown / wrong)
+    ratio = statistics.median(ratios)
+    print(f"median failed sign-in time, unknown / wrong password: {ratio:.2f}")
     # Every path verifies one Argon2 hash and commits one transaction.
-    assert 0.5 < unknown / wrong < 2.0, (wrong, unknown)
+    assert 0.5 < ratio < 2.0, ratios
 
 
 @pytest.fixture
