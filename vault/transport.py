@@ -1,7 +1,8 @@
 """SMTP and LMTP sessions as the archive runs them.
 
 aiosmtpd speaks the protocol; the classes here adjust it where a journal
-archive needs something else: line length bounded by the message size,
+archive needs something else: DATA read in large chunks rather than line
+by line (``vault.data_section``), line length bounded by the message size,
 size refusals with enhanced codes, a timeout that also bounds silence
 inside DATA, AUTH checked off the event loop against journal senders, and
 a shutdown that lets a message already in DATA finish.  Whether a session
@@ -19,10 +20,11 @@ from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import (
-    SMTP, AuthResult, Envelope as SMTPEnvelope, LoginPassword, Session,
+    MISSING, SMTP, AuthResult, Envelope as SMTPEnvelope, LoginPassword, Session,
 )
 
 from vault import ConfigError
+from vault.data_section import read_data
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,40 @@ class ArchiveSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.is_in_data = True
         try:
-            await super().smtp_DATA(arg)
+            await self._receive_data(arg)
         finally:
             self.is_in_data = False
         if self.is_closing:
             self.say_goodbye()
+
+    async def _receive_data(self, arg: str) -> None:
+        # aiosmtpd's DATA with the message read in chunks (vault.data_section)
+        # rather than line by line; its replies are kept, so push() maps them.
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await read_data(self._reader, self.data_size_limit)
+        except asyncio.IncompleteReadError:
+            # The client closed its side in the middle of the message.
+            self._writer.close()
+            return
+        if content is None:
+            await self.push("552 Error: Too much mail data")
+            self.envelope = self._create_envelope()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        # What aiosmtpd's _set_post_data_state does, typed.
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def auth_PLAIN(self, _: object, args: list[str]) -> AuthResult:
         return await self._check_credentials(await super().auth_PLAIN(_, args))
