@@ -29,6 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, LoginPassword, Session
 
 from vault.ingest import Vault
 from vault.ownership import Envelope
+from vault.receipts import Receipt
 from vault.transport import ArchiveLMTP, ArchiveSMTP, peer_host
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ RecordRefusal = Callable[[str, int, str], None]
 # milliseconds: bound how many run at once, whoever is knocking.
 AUTH_WORKERS = 2
 
-# Threads that seal messages and wait for them to be durable.  A thread
-# waiting for its group commit holds no CPU, and a group can only be as
-# large as the number of threads that reach it together, so there are
-# more of them than cores.
+# Threads that seal messages and stage them for their group commit (the
+# session awaits the commit itself).  Without group commit (S3, or turned
+# off) a thread also waits for its own puts, so there are many more of them
+# than cores; a pool only starts a thread when none is idle.
 ARCHIVE_WORKERS = 64
 
 # How often a stopping receiver looks whether messages in DATA are done.
@@ -80,6 +81,10 @@ _STUFFED_AFTER_BARE_LF = re.compile(rb"(?<!\r)\n\.")
 
 def unstuff_bare_lf_lines(content: bytes) -> bytes:
     """Undo dot-stuffing on lines that end in a bare LF."""
+    # Most messages have no line starting with a dot: a plain search says
+    # so much faster than the look-behind.
+    if b"\n." not in content:
+        return content
     return _STUFFED_AFTER_BARE_LF.sub(b"\n", content)
 
 
@@ -218,8 +223,11 @@ class JournalHandler:
             journal_sender=_journal_sender(session) or "",
         )
         try:
-            receipt = await asyncio.get_running_loop().run_in_executor(
-                self._archive_pool, self.vault.archive, raw, delivery)
+            # Sealed in a thread; then the session, not a thread, waits for
+            # the group commit that makes it durable.
+            receipt, durable = await asyncio.get_running_loop().run_in_executor(
+                self._archive_pool, self.vault.deliver, raw, delivery)
+            await asyncio.wrap_future(durable)
         except Exception:
             log.exception("%s: could not archive a %d-byte message from <%s>",
                           peer, len(raw), delivery.mail_from,
@@ -228,20 +236,23 @@ class JournalHandler:
             return _reply(server, recipients, ERR_451, (
                 lambda recipient: ERR_451_LMTP.format(recipient=recipient)))
         name = receipt.key.rpartition("/")[2]
-        self._log_accepted(session, delivery, receipt.key)
+        self._log_accepted(session, delivery, receipt)
         self.on_archived()
         return _reply(server, recipients, OK_250.format(receipt=name), (
             lambda recipient: OK_250_LMTP.format(recipient=recipient, receipt=name)))
 
-    def _log_accepted(self, session: Session, delivery: Envelope, receipt_key: str) -> None:
+    def _log_accepted(self, session: Session, delivery: Envelope, receipt: Receipt) -> None:
         # How the copy came matters to an auditor as much as that it came.
         tls = _tls_version(session)
         sender = _journal_sender(session)
-        log.info("%s: accepted <%s> for %d recipient(s) as %s (%s, %s)",
-                 delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt_key,
+        log.info("%s: accepted <%s> for %d recipient(s) as %s, message %s (%d bytes, "
+                 "owners %s%s; %s, %s)",
+                 delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt.key,
+                 receipt.message_key, receipt.size, ",".join(receipt.owners) or "-",
+                 f", journal report {receipt.report_key}" if receipt.report_key else "",
                  tls or "no TLS",
                  f"journal sender {sender!r}" if sender else "trusted network",
-                 extra={"event": "receiver.accepted", "receipt": receipt_key,
+                 extra={"event": "receiver.accepted", "receipt": receipt.key,
                         "tls": tls, "sender": sender})
 
     async def record_refusal(self, session: Session, recipients: list[str],
