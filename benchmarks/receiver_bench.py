@@ -163,6 +163,8 @@ class Strongroom(Server):
         self.name = "strongroom" if group_commit else "strongroom-nogc"
         self.label = ("(c) strongroom, group commit" if group_commit
                       else "(c0) strongroom, no group commit")
+        if processes:
+            self.label += f", {processes} proc."
         super().__init__(scratch)
         self.home = scratch / f"home-{self.name}-{secrets.token_hex(3)}"
         self.web_port = free_port()
@@ -451,11 +453,14 @@ def summarise(plan: Plan, names: dict[str, str],
             rows[name] = {"label": names[name], "seconds": seconds,
                           "msgs_per_s": count / seconds,
                           "mb_per_s": count * payload / seconds / MB}
-        for name, row in rows.items():
-            for baseline in ("sink", "aiosmtpd", "aiosmtpd-N"):
+        baselines = {"sink": "sink", "aiosmtpd": "aiosmtpd"}
+        baselines.update({"aiosmtpd-N": name for name in rows
+                          if name.startswith("aiosmtpd-")})
+        for row in rows.values():
+            for key, baseline in baselines.items():
                 if baseline in rows:
-                    row[f"ratio_to_{baseline}"] = (row["msgs_per_s"]
-                                                   / rows[baseline]["msgs_per_s"])
+                    row[f"ratio_to_{key}"] = (row["msgs_per_s"]
+                                              / rows[baseline]["msgs_per_s"])
         figures["sets"][label] = {"messages": count, "payload_bytes": payload,
                                   "servers": rows}
     for name, delays in latency.items():
@@ -518,16 +523,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"receiver_bench: unknown server(s) {', '.join(sorted(unknown))}; "
               f"expected some of {', '.join(SERVER_NAMES)}", file=sys.stderr)
         return 2
-    lineup = Lineup(names, arguments.processes or 0)
+    lineup = Lineup(names, arguments.processes or os.cpu_count() or 1)
     print(f"receiver benchmark, {plan.name} plan, {plan.rounds} round(s), "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, strongroom with "
+          f"receiver.processes = {lineup.processes}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="receiver-bench-", dir=arguments.tmp_dir))
     try:
         figures = run_benchmark(plan, scratch, lineup, not arguments.no_latency)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     figures["plan"] = dataclasses.asdict(plan)
-    figures["receiver_processes"] = lineup.processes or "serve's default"
+    figures["receiver_processes"] = lineup.processes
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()}
     print_figures(figures)
@@ -555,8 +561,9 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", metavar="NAME,...",
                         help="servers to run (default all): " + ", ".join(SERVER_NAMES))
     parser.add_argument("--processes", type=int, metavar="N",
-                        help="receiver.processes for strongroom serve (default: its "
-                             "own default); above 1, also bare aiosmtpd on N processes")
+                        help="receiver.processes for strongroom serve (default: one "
+                             "per CPU, as serve's default); above 1, also bare aiosmtpd "
+                             "on N processes")
     parser.add_argument("--no-latency", action="store_true",
                         help="skip the time-to-250 measurement")
     parser.add_argument("--discarding-server", type=int, metavar="PORT",

@@ -302,15 +302,18 @@ class Receiver:
 
     ``stop`` is graceful: no new sessions, 421 to idle ones, and up to
     ``shutdown_grace`` seconds for messages already in DATA to be archived
-    and answered.
+    and answered.  With ``reuse_port`` the listeners share their addresses
+    with other receivers (SO_REUSEPORT; see ``web.receivers``).
     """
 
     def __init__(self, handler: JournalHandler, host: str, port: int,
                  hostname: str, max_message_size: int, *,
                  lmtp: tuple[str, int] | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 timeout: float = 300.0, shutdown_grace: float = 30.0) -> None:
+                 timeout: float = 300.0, shutdown_grace: float = 30.0,
+                 reuse_port: bool = False) -> None:
         self.handler = handler
+        self.reuse_port = reuse_port
         self.host, self.port = host, port
         self.lmtp = lmtp
         self.lmtp_port: int | None = None
@@ -388,15 +391,17 @@ class Receiver:
         return new_session
 
     async def _listen(self) -> None:
+        # With reuse_port several receiver processes listen on one address.
+        reuse_port = self.reuse_port or None
         server = await self._loop.create_server(
-            self._factory(ArchiveSMTP), self.host, self.port)
+            self._factory(ArchiveSMTP), self.host, self.port, reuse_port=reuse_port)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
         log.info("receiver listening for SMTP on %s:%d", self.host, self.port,
                  extra={"event": "receiver.started"})
         if self.lmtp is not None:
             server = await self._loop.create_server(
-                self._factory(ArchiveLMTP), *self.lmtp)
+                self._factory(ArchiveLMTP), *self.lmtp, reuse_port=reuse_port)
             self._servers.append(server)
             self.lmtp_port = server.sockets[0].getsockname()[1]
             log.info("receiver listening for LMTP on %s:%d", self.lmtp[0], self.lmtp_port,
