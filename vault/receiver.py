@@ -69,6 +69,9 @@ AUTH_WORKERS = 2
 # than cores; a pool only starts a thread when none is idle.
 ARCHIVE_WORKERS = 64
 
+# Peers whose trust is remembered (they are few: the mail servers).
+TRUSTED_HOSTS_REMEMBERED = 1024
+
 # How often a stopping receiver looks whether messages in DATA are done.
 DRAIN_POLL_SECONDS = 0.05
 
@@ -111,6 +114,7 @@ class JournalHandler:
     ) -> None:
         self.vault = vault
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self._trusted_hosts: dict[str, bool] = {}
         self.max_recipients = max_recipients
         self.on_archived = on_archived
         self.trusts_networks, self.trusts_auth = TRUST_MODES[trust]
@@ -126,13 +130,22 @@ class JournalHandler:
 
     def is_trusted(self, peer: object) -> bool:
         """Tell whether the connecting peer is in a trusted network."""
+        host = peer_host(peer)
+        # Asked at MAIL and at DATA of every message: remember the answer.
+        known = self._trusted_hosts.get(host)
+        if known is not None:
+            return known
         try:
-            address = ipaddress.ip_address(peer_host(peer))
+            address = ipaddress.ip_address(host)
         except ValueError:
             return False
         if address.version == 6 and address.ipv4_mapped:
             address = address.ipv4_mapped
-        return any(address in network for network in self.trusted)
+        is_trusted = any(address in network for network in self.trusted)
+        if len(self._trusted_hosts) >= TRUSTED_HOSTS_REMEMBERED:
+            self._trusted_hosts.clear()
+        self._trusted_hosts[host] = is_trusted
+        return is_trusted
 
     def refusal(self, session: Session) -> str | None:
         """Return the reply that refuses this session's mail, or None."""

@@ -49,6 +49,8 @@ ADDRESS_FREE_SECONDS = 5.0
 # Pause before starting again a process that died, so one that cannot run
 # does not spin.
 RESTART_PAUSE_SECONDS = 1.0
+# Least time between two wakes of the follower by one receiver process.
+WAKE_SECONDS = 0.05
 # Exit status of a receiver process that found serve gone.
 EXIT_ORPHANED = 3
 
@@ -241,7 +243,7 @@ def run_child(settings: Settings, parent: Connection, archived: Any) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        receiver = build_receiver(settings, archived.set, reuse_port=True)
+        receiver = build_receiver(settings, _Wake(archived).set, reuse_port=True)
         receiver.start()
     except Exception as err:
         parent.send(f"{type(err).__name__}: {err}")
@@ -251,6 +253,25 @@ def run_child(settings: Settings, parent: Connection, archived: Any) -> None:
                      name="parent-watch").start()
     stop.wait()
     receiver.stop()
+
+
+class _Wake:
+    """Set a shared event at most every WAKE_SECONDS.
+
+    Setting it takes locks shared with every receiver process; the
+    follower also polls, so a message that sets nothing waits no longer
+    than its poll interval.
+    """
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+        self._last = 0.0
+
+    def set(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= WAKE_SECONDS:
+            self._last = now
+            self.event.set()
 
 
 def _exit_with_parent(parent: Connection) -> None:
