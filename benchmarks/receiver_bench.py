@@ -135,30 +135,46 @@ class Sink(Server):
 
 
 class BareAiosmtpd(Server):
-    """(b) aiosmtpd with a handler that discards, as our receiver sets it up."""
+    """(b) aiosmtpd with a handler that discards, as our receiver sets it up.
 
-    name, label = "aiosmtpd", "(b) bare aiosmtpd"
+    With ``processes`` above 1, (bN): that many such servers on one port
+    (SO_REUSEPORT), to compare with a receiver that runs as many.
+    """
+
+    def __init__(self, scratch: Path, processes: int = 1) -> None:
+        self.processes = processes
+        self.name = "aiosmtpd" if processes == 1 else f"aiosmtpd-{processes}"
+        self.label = ("(b) bare aiosmtpd" if processes == 1
+                      else f"(bN) bare aiosmtpd, {processes} processes")
+        super().__init__(scratch)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "benchmarks.receiver_bench",
-                "--discarding-server", str(self.port)]
+                "--discarding-server", str(self.port),
+                "--discarding-processes", str(self.processes)]
 
 
 class Strongroom(Server):
     """(c) strongroom serve on a new home, with or without group commit."""
 
-    def __init__(self, scratch: Path, group_commit: bool) -> None:
+    def __init__(self, scratch: Path, group_commit: bool, processes: int = 0) -> None:
         self.group_commit = group_commit
+        self.processes = processes
         self.name = "strongroom" if group_commit else "strongroom-nogc"
         self.label = ("(c) strongroom, group commit" if group_commit
                       else "(c0) strongroom, no group commit")
+        if processes:
+            self.label += f", {processes} proc."
         super().__init__(scratch)
         self.home = scratch / f"home-{self.name}-{secrets.token_hex(3)}"
         self.web_port = free_port()
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "STRONGROOM_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                "STRONGROOM_RECEIVER_GROUP_COMMIT": str(self.group_commit).lower()}
+        environment = {**os.environ, "STRONGROOM_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                       "STRONGROOM_RECEIVER_GROUP_COMMIT": str(self.group_commit).lower()}
+        if self.processes:
+            environment["STRONGROOM_RECEIVER_PROCESSES"] = str(self.processes)
+        return environment
 
     def start(self) -> None:
         subprocess.run(
@@ -211,7 +227,24 @@ def run_receiver_only(home: Path, port: int) -> None:
     receiver.stop()
 
 
-def run_discarding_server(port: int) -> None:
+def run_discarding_servers(port: int, processes: int) -> None:
+    """Run ``processes`` discarding servers on ``port`` until SIGTERM."""
+    import multiprocessing
+    import signal
+
+    if processes == 1:
+        run_discarding_server(port)
+        return
+    children = [multiprocessing.Process(target=run_discarding_server, args=(port, True))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    signal.signal(signal.SIGTERM, lambda *_: [child.terminate() for child in children])
+    for child in children:
+        child.join()
+
+
+def run_discarding_server(port: int, reuse_port: bool = False) -> None:
     """Serve SMTP on ``port`` with aiosmtpd, discarding every message."""
     from aiosmtpd.smtp import SMTP
 
@@ -224,7 +257,7 @@ def run_discarding_server(port: int) -> None:
     server = loop.run_until_complete(loop.create_server(
         lambda: SMTP(handler, data_size_limit=64 * MB, enable_SMTPUTF8=True,
                      decode_data=False, hostname="discard.test"),
-        "127.0.0.1", port))
+        "127.0.0.1", port, reuse_port=reuse_port or None))
     try:
         loop.run_forever()
     finally:
@@ -354,20 +387,41 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
 
 
-def make_servers(scratch: Path, receiver_alone: bool) -> list[Server]:
-    servers = [Sink(scratch), BareAiosmtpd(scratch), Strongroom(scratch, True),
-               Strongroom(scratch, False)]
-    return servers + [ReceiverOnly(scratch)] if receiver_alone else servers
+SERVER_NAMES = ("sink", "aiosmtpd", "aiosmtpd-N", "strongroom", "strongroom-nogc",
+                "receiver")
 
 
-def run_benchmark(plan: Plan, scratch: Path, receiver_alone: bool = False) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Lineup:
+    """Which servers a run measures, and with how many receiver processes."""
+
+    names: tuple[str, ...] = ("sink", "aiosmtpd", "aiosmtpd-N", "strongroom",
+                              "strongroom-nogc")
+    processes: int = 0
+
+
+def make_servers(scratch: Path, lineup: Lineup) -> list[Server]:
+    """Return the servers of ``lineup``, in the order they are measured."""
+    servers: dict[str, Server] = {
+        "sink": Sink(scratch), "aiosmtpd": BareAiosmtpd(scratch),
+        "strongroom": Strongroom(scratch, True, lineup.processes),
+        "strongroom-nogc": Strongroom(scratch, False, lineup.processes),
+        "receiver": ReceiverOnly(scratch)}
+    if lineup.processes > 1:
+        servers["aiosmtpd-N"] = BareAiosmtpd(scratch, lineup.processes)
+    return [servers[name] for name in SERVER_NAMES
+            if name in lineup.names and name in servers]
+
+
+def run_benchmark(plan: Plan, scratch: Path, lineup: Lineup = Lineup(),
+                  with_latency: bool = True) -> dict[str, Any]:
     """Measure every server on every message set; return the figures."""
     throughput: dict[str, dict[str, list[float]]] = {}
     latency: dict[str, list[float]] = {}
     names = {}
     generated = latency_messages(plan.latency_messages, 100_000)
     for round_number in range(plan.rounds):
-        for server in make_servers(scratch, receiver_alone):
+        for server in make_servers(scratch, lineup):
             names[server.name] = server.label
             with running(server):
                 for label, count, payload in plan.sets:
@@ -376,6 +430,8 @@ def run_benchmark(plan: Plan, scratch: Path, receiver_alone: bool = False) -> di
                         seconds)
                     print(f"  round {round_number + 1}: {server.label:<34} {label:>7}: "
                           f"{count / seconds:8.1f} msg/s", flush=True)
+                if not with_latency:
+                    continue
                 messages = tagged(generated, f"{server.name}.{round_number}")
                 delays = measure_latency(server.port, messages)
                 latency.setdefault(server.name, []).extend(delays)
@@ -397,9 +453,14 @@ def summarise(plan: Plan, names: dict[str, str],
             rows[name] = {"label": names[name], "seconds": seconds,
                           "msgs_per_s": count / seconds,
                           "mb_per_s": count * payload / seconds / MB}
-        for name, row in rows.items():
-            row["ratio_to_sink"] = row["msgs_per_s"] / rows["sink"]["msgs_per_s"]
-            row["ratio_to_aiosmtpd"] = row["msgs_per_s"] / rows["aiosmtpd"]["msgs_per_s"]
+        baselines = {"sink": "sink", "aiosmtpd": "aiosmtpd"}
+        baselines.update({"aiosmtpd-N": name for name in rows
+                          if name.startswith("aiosmtpd-")})
+        for row in rows.values():
+            for key, baseline in baselines.items():
+                if baseline in rows:
+                    row[f"ratio_to_{key}"] = (row["msgs_per_s"]
+                                              / rows[baseline]["msgs_per_s"])
         figures["sets"][label] = {"messages": count, "payload_bytes": payload,
                                   "servers": rows}
     for name, delays in latency.items():
@@ -415,10 +476,16 @@ def print_figures(figures: dict[str, Any]) -> None:
     for label, figures_set in figures["sets"].items():
         print(f"{figures_set['messages']} messages of {label} over {SESSIONS} sessions "
               "(smtp-source -d):")
-        print(f"  {'server':<34} {'msg/s':>8} {'MB/s':>7} {'vs (a)':>7} {'vs (b)':>7}")
+        print(f"  {'server':<40} {'msg/s':>8} {'MB/s':>7} {'vs (a)':>7} {'vs (b)':>7} "
+              f"{'vs (bN)':>7}")
         for row in figures_set["servers"].values():
-            print(f"  {row['label']:<34} {row['msgs_per_s']:8.1f} {row['mb_per_s']:7.1f} "
-                  f"{row['ratio_to_sink']:7.2f} {row['ratio_to_aiosmtpd']:7.2f}")
+            ratios = " ".join(
+                f"{row[key]:7.2f}" if key in row else f"{'-':>7}"
+                for key in ("ratio_to_sink", "ratio_to_aiosmtpd", "ratio_to_aiosmtpd-N"))
+            print(f"  {row['label']:<40} {row['msgs_per_s']:8.1f} {row['mb_per_s']:7.1f} "
+                  f"{ratios}")
+    if not figures["latency"]:
+        return
     print(f"\nEnd of DATA to 250, 100 kB generated messages over {SESSIONS} sessions:")
     print(f"  {'server':<34} {'median ms':>10} {'p99 ms':>8}")
     for row in figures["latency"].values():
@@ -429,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the figures and optionally write JSON."""
     arguments = _parse_arguments(argv)
     if arguments.discarding_server:
-        run_discarding_server(arguments.discarding_server)
+        run_discarding_servers(arguments.discarding_server,
+                               arguments.discarding_processes)
         return 0
     if arguments.receiver_only:
         run_receiver_only(Path(arguments.receiver_only[0]), int(arguments.receiver_only[1]))
@@ -442,14 +510,30 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK_PLAN if arguments.quick else DEFAULT_PLAN
     if arguments.rounds:
         plan = dataclasses.replace(plan, rounds=arguments.rounds)
+    if arguments.messages or arguments.sizes:
+        sizes = ({int(size) * 1000 for size in arguments.sizes.split(",")}
+                 if arguments.sizes else {payload for _, _, payload in plan.sets})
+        plan = dataclasses.replace(plan, name="custom", sets=tuple(
+            (f"{payload // 1000} kB", arguments.messages or count, payload)
+            for _, count, payload in DEFAULT_PLAN.sets if payload in sizes))
+    names = (tuple(arguments.servers.split(",")) if arguments.servers
+             else Lineup.names + (("receiver",) if arguments.receiver_alone else ()))
+    unknown = set(names) - set(SERVER_NAMES)
+    if unknown:
+        print(f"receiver_bench: unknown server(s) {', '.join(sorted(unknown))}; "
+              f"expected some of {', '.join(SERVER_NAMES)}", file=sys.stderr)
+        return 2
+    lineup = Lineup(names, arguments.processes or os.cpu_count() or 1)
     print(f"receiver benchmark, {plan.name} plan, {plan.rounds} round(s), "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, strongroom with "
+          f"receiver.processes = {lineup.processes}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="receiver-bench-", dir=arguments.tmp_dir))
     try:
-        figures = run_benchmark(plan, scratch, arguments.receiver_alone)
+        figures = run_benchmark(plan, scratch, lineup, not arguments.no_latency)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     figures["plan"] = dataclasses.asdict(plan)
+    figures["receiver_processes"] = lineup.processes
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()}
     print_figures(figures)
@@ -470,7 +554,21 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure serve's receiver without follower and portal")
     parser.add_argument("--tmp-dir", type=Path, metavar="DIR",
                         help="where the scratch directory goes (default: system temp)")
+    parser.add_argument("--messages", type=int, metavar="N",
+                        help="messages in every set (instead of the plan's)")
+    parser.add_argument("--sizes", metavar="KB,...",
+                        help="message sets to run, by payload in kB (e.g. 100 or 100,10)")
+    parser.add_argument("--servers", metavar="NAME,...",
+                        help="servers to run (default all): " + ", ".join(SERVER_NAMES))
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="receiver.processes for strongroom serve (default: one "
+                             "per CPU, as serve's default); above 1, also bare aiosmtpd "
+                             "on N processes")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the time-to-250 measurement")
     parser.add_argument("--discarding-server", type=int, metavar="PORT",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--discarding-processes", type=int, default=1,
                         help=argparse.SUPPRESS)
     parser.add_argument("--receiver-only", nargs=2, metavar=("HOME", "PORT"),
                         help=argparse.SUPPRESS)

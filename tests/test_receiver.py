@@ -451,3 +451,55 @@ def test_stop_closes_a_stalled_message_after_the_grace_and_stores_nothing(vault,
     assert sending.reply()[0] == 421
     assert stored_messages(vault) == []
     sending.close()
+
+
+def send_slowly(client: RawSMTP, pieces: list[bytes]) -> None:
+    # Each piece in its own segment, so the server reads them separately.
+    client.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for piece in pieces:
+        client.send(piece)
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("pieces, stored", [
+    # A line of just "..", its dots in two reads.
+    ([b"Subject: a\r\n\r\n.", b".\r\nafter\r\n.\r\n"], b"Subject: a\r\n\r\n.\r\nafter\r\n"),
+    # The end-of-data line split after each of its octets.
+    ([b"Subject: b\r\n\r\nbody\r", b"\n", b".", b"\r", b"\n"], b"Subject: b\r\n\r\nbody\r\n"),
+    ([b"Subject: c\r\n\r\nbody\r\n.", b"\r\n"], b"Subject: c\r\n\r\nbody\r\n"),
+    # Bare LF line ends: "\n.\n" is not the end, and ".." after LF is unstuffed.
+    ([b"Subject: d\n\none\n..\n.\n", b"two\r\n.\r\n"], b"Subject: d\n\none\n.\n\ntwo\r\n"),
+])
+def test_receiver_stores_dot_stuffed_data_split_across_reads(vault, receiver, pieces,
+                                                            stored):
+    server = receiver()
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        client.command("MAIL FROM:<alice@example.com>")
+        client.command("RCPT TO:<bob@example.com>")
+        assert client.command("DATA")[0] == 354
+        send_slowly(client, pieces)
+        assert client.reply()[0] == 250
+        # The command after the message was not swallowed with it.
+        assert client.command("NOOP")[0] == 250
+    [(_, raw)] = stored_messages(vault)
+    assert raw == stored
+
+
+def test_receiver_reads_commands_pipelined_after_the_message(vault, receiver):
+    # RFC 2920: the next transaction may follow the end-of-data line in the
+    # same segment; it must start a transaction, not end up in the message.
+    server = receiver()
+    with RawSMTP(server.port) as client:
+        client.command("EHLO client.example.com")
+        client.command("MAIL FROM:<alice@example.com>")
+        client.command("RCPT TO:<bob@example.com>")
+        assert client.command("DATA")[0] == 354
+        client.send(b"Subject: first\r\n\r\n.\r\nMAIL FROM:<carol@example.com>\r\n"
+                    b"RCPT TO:<bob@example.com>\r\nDATA\r\n")
+        assert [client.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
+        client.send(b"Subject: second\r\n\r\n.\r\n")
+        assert client.reply()[0] == 250
+    stored = sorted((receipt.mail_from, raw) for receipt, raw in stored_messages(vault))
+    assert stored == [("alice@example.com", b"Subject: first\r\n\r\n"),
+                      ("carol@example.com", b"Subject: second\r\n\r\n")]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import multiprocessing
 import smtplib
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vault.commit import DirectCommitter, GroupCommitter
+from vault import MissingObjectError
+from vault.commit import DirectCommitter, GroupCommitter, Put
 from vault.ingest import Vault
 from vault.keys import LocalKeyFile
 from vault.ownership import Envelope, OwnershipRules
@@ -257,4 +259,40 @@ def test_two_processes_group_committing_into_one_home_store_each_message_once(tm
     messages, receipts = stored(vault)
     assert (len(messages), len(receipts)) == (12, 24)
     assert verify(vault).is_clean
+    assert list((tmp_path / "store/tmp").iterdir()) == []
+
+
+def test_redelivered_message_lengthens_its_lock_in_the_same_commit_as_its_receipt(
+        tmp_path, syncer, serve):
+    # A second journaling of stored bytes adds a receipt and moves the
+    # message's retain-until to that receipt's: one batch, one data sync.
+    vault, committer = make_vault(tmp_path, syncer, group=True)
+    server = serve(vault)
+    assert deliver_concurrently(server.port, [7], syncer) == {7: (250, "")}
+    [message_key] = vault.store.list("messages")
+    first_lock = vault.store.lock(message_key)
+    syncs_before = len(syncer.file_syncs)
+
+    assert deliver_concurrently(server.port, [7], syncer) == {7: (250, "")}
+
+    # The receipt and the two lock records (message, receipt), no message.
+    assert syncer.file_syncs[syncs_before:] == [3]
+    assert committer.batches == 2
+    messages, receipts = stored(vault)
+    assert messages == [message_key] and len(receipts) == 2
+    second = vault.read_receipt(receipts[1])
+    assert vault.store.lock(message_key).retain_until == second.retain_until
+    assert second.retain_until > first_lock.retain_until
+    assert verify(vault).is_clean
+
+
+def test_lock_only_put_for_a_message_gone_fails_its_batch_with_missing_object(tmp_path):
+    # Disposal may remove a message between the check and the commit; the
+    # receipt must then not be published naming it.
+    vault, committer = make_vault(tmp_path, FileSyncer(), group=True)
+    retain = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    with pytest.raises(MissingObjectError):
+        committer.commit([[Put("messages/gone", None, retain, is_shared=True)],
+                          [Put("receipts/2026/12/04/000000.000000-aa", b"r", retain)]])
+    assert stored(vault) == ([], [])
     assert list((tmp_path / "store/tmp").iterdir()) == []

@@ -91,7 +91,15 @@ class Deliveries:
         return True
 
 
-def test_sigkill_amid_200_deliveries_loses_nothing_answered_250(tmp_path):
+@pytest.fixture(params=[1, 2], ids=["1 receiver process", "2 receiver processes"])
+def receiver_processes(request, monkeypatch):
+    """Run serve's receiver in its own process, or in two of their own."""
+    monkeypatch.setenv("STRONGROOM_RECEIVER_PROCESSES", str(request.param))
+    return request.param
+
+
+def test_sigkill_amid_200_deliveries_loses_nothing_answered_250(tmp_path,
+                                                                receiver_processes):
     server = ArchiveServer(tmp_path / "home")
     server.init()
     token = server.add_user("bob@example.com")
@@ -134,7 +142,7 @@ def test_sigkill_amid_200_deliveries_loses_nothing_answered_250(tmp_path):
     assert time.monotonic() - started < 120
 
 
-def test_sigterm_lets_a_message_in_data_finish_and_stores_it(tmp_path):
+def test_sigterm_lets_a_message_in_data_finish_and_stores_it(tmp_path, receiver_processes):
     server = ArchiveServer(tmp_path / "home")
     server.init()
     token = server.add_user("bob@example.com")

@@ -48,6 +48,7 @@ class ReceiverSettings:
     shutdown_grace_seconds: float = 30.0
     group_commit: bool = True
     group_commit_max_messages: int = 64
+    processes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +334,9 @@ def _validate_receiver(receiver: ReceiverSettings) -> None:
     if receiver.group_commit_max_messages < 1:
         raise ConfigError("setting receiver.group_commit_max_messages = "
                           f"{receiver.group_commit_max_messages!r}: must be at least 1")
+    if receiver.processes < 0:
+        raise ConfigError(f"setting receiver.processes = {receiver.processes!r}: must "
+                          "be 0 (one per CPU) or more")
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

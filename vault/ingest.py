@@ -8,6 +8,7 @@ retries.  Reads authenticate every object before returning a byte.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import hmac
@@ -59,6 +60,26 @@ class Vault:
         included) are the delivery's, and the report itself is kept too,
         sealed, as evidence of what was received.
         """
+        receipt, durable = self.deliver(raw, envelope)
+        durable.result()
+        log.info(
+            "archived %s as %s (%d bytes, owners %s%s)",
+            receipt.key, receipt.message_key, receipt.size,
+            ",".join(receipt.owners) or "-",
+            f", journal report {receipt.report_key}" if receipt.report_key else "",
+            extra={"event": "vault.archived"},
+        )
+        return receipt
+
+    def deliver(self, raw: bytes, envelope: Envelope
+                ) -> tuple[Receipt, concurrent.futures.Future[None]]:
+        """Seal a delivery and hand it to the committer, as ``archive`` does.
+
+        Returns its receipt and a future that is done once the message and
+        the receipt are durable; until then nothing may be acknowledged.
+        Its exception, or one raised here, means the delivery must be
+        answered with a 4xx.
+        """
         received_at = now()
         report = read_journal_report(raw)
         if report is None:
@@ -97,22 +118,16 @@ class Vault:
             journal_sender=envelope.journal_sender,
         )
         # The receipt names the message: it must never be durable first.
-        self.committer.commit([shared, [
+        durable = self.committer.submit([shared, [
             Put(receipt.key, seal(self.keys, receipt.key, receipt.to_json()), retain_until)]])
-        log.info(
-            "archived %s as %s (%d bytes, owners %s%s)",
-            receipt.key, message_key, len(message), ",".join(receipt.owners) or "-",
-            f", journal report {report_key}" if report_key else "",
-            extra={"event": "vault.archived"},
-        )
-        return receipt
+        return receipt, durable
 
     def _shared_put(self, key: str, plaintext: bytes,
                     retain_until: dt.datetime) -> list[Put]:
-        # Same bytes, same key: a second delivery only lengthens the lock.
+        # Same bytes, same key: a second delivery only lengthens the lock,
+        # in the same commit as its receipt.
         if self.store.exists(key):
-            self.store.extend_retention(key, retain_until)
-            return []
+            return [Put(key, None, retain_until, is_shared=True)]
         sealed = seal_stream(self.keys, key, segment_views(plaintext))
         return [Put(key, sealed, retain_until, is_shared=True)]
 

@@ -29,6 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, LoginPassword, Session
 
 from vault.ingest import Vault
 from vault.ownership import Envelope
+from vault.receipts import Receipt
 from vault.transport import ArchiveLMTP, ArchiveSMTP, peer_host
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,14 @@ RecordRefusal = Callable[[str, int, str], None]
 # milliseconds: bound how many run at once, whoever is knocking.
 AUTH_WORKERS = 2
 
-# Threads that seal messages and wait for them to be durable.  A thread
-# waiting for its group commit holds no CPU, and a group can only be as
-# large as the number of threads that reach it together, so there are
-# more of them than cores.
+# Threads that seal messages and stage them for their group commit (the
+# session awaits the commit itself).  Without group commit (S3, or turned
+# off) a thread also waits for its own puts, so there are many more of them
+# than cores; a pool only starts a thread when none is idle.
 ARCHIVE_WORKERS = 64
+
+# Peers whose trust is remembered (they are few: the mail servers).
+TRUSTED_HOSTS_REMEMBERED = 1024
 
 # How often a stopping receiver looks whether messages in DATA are done.
 DRAIN_POLL_SECONDS = 0.05
@@ -80,6 +84,10 @@ _STUFFED_AFTER_BARE_LF = re.compile(rb"(?<!\r)\n\.")
 
 def unstuff_bare_lf_lines(content: bytes) -> bytes:
     """Undo dot-stuffing on lines that end in a bare LF."""
+    # Most messages have no line starting with a dot: a plain search says
+    # so much faster than the look-behind.
+    if b"\n." not in content:
+        return content
     return _STUFFED_AFTER_BARE_LF.sub(b"\n", content)
 
 
@@ -106,6 +114,7 @@ class JournalHandler:
     ) -> None:
         self.vault = vault
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self._trusted_hosts: dict[str, bool] = {}
         self.max_recipients = max_recipients
         self.on_archived = on_archived
         self.trusts_networks, self.trusts_auth = TRUST_MODES[trust]
@@ -121,13 +130,22 @@ class JournalHandler:
 
     def is_trusted(self, peer: object) -> bool:
         """Tell whether the connecting peer is in a trusted network."""
+        host = peer_host(peer)
+        # Asked at MAIL and at DATA of every message: remember the answer.
+        known = self._trusted_hosts.get(host)
+        if known is not None:
+            return known
         try:
-            address = ipaddress.ip_address(peer_host(peer))
+            address = ipaddress.ip_address(host)
         except ValueError:
             return False
         if address.version == 6 and address.ipv4_mapped:
             address = address.ipv4_mapped
-        return any(address in network for network in self.trusted)
+        is_trusted = any(address in network for network in self.trusted)
+        if len(self._trusted_hosts) >= TRUSTED_HOSTS_REMEMBERED:
+            self._trusted_hosts.clear()
+        self._trusted_hosts[host] = is_trusted
+        return is_trusted
 
     def refusal(self, session: Session) -> str | None:
         """Return the reply that refuses this session's mail, or None."""
@@ -218,8 +236,11 @@ class JournalHandler:
             journal_sender=_journal_sender(session) or "",
         )
         try:
-            receipt = await asyncio.get_running_loop().run_in_executor(
-                self._archive_pool, self.vault.archive, raw, delivery)
+            # Sealed in a thread; then the session, not a thread, waits for
+            # the group commit that makes it durable.
+            receipt, durable = await asyncio.get_running_loop().run_in_executor(
+                self._archive_pool, self.vault.deliver, raw, delivery)
+            await asyncio.wrap_future(durable)
         except Exception:
             log.exception("%s: could not archive a %d-byte message from <%s>",
                           peer, len(raw), delivery.mail_from,
@@ -228,20 +249,23 @@ class JournalHandler:
             return _reply(server, recipients, ERR_451, (
                 lambda recipient: ERR_451_LMTP.format(recipient=recipient)))
         name = receipt.key.rpartition("/")[2]
-        self._log_accepted(session, delivery, receipt.key)
+        self._log_accepted(session, delivery, receipt)
         self.on_archived()
         return _reply(server, recipients, OK_250.format(receipt=name), (
             lambda recipient: OK_250_LMTP.format(recipient=recipient, receipt=name)))
 
-    def _log_accepted(self, session: Session, delivery: Envelope, receipt_key: str) -> None:
+    def _log_accepted(self, session: Session, delivery: Envelope, receipt: Receipt) -> None:
         # How the copy came matters to an auditor as much as that it came.
         tls = _tls_version(session)
         sender = _journal_sender(session)
-        log.info("%s: accepted <%s> for %d recipient(s) as %s (%s, %s)",
-                 delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt_key,
+        log.info("%s: accepted <%s> for %d recipient(s) as %s, message %s (%d bytes, "
+                 "owners %s%s; %s, %s)",
+                 delivery.peer, delivery.mail_from, len(delivery.rcpt_tos), receipt.key,
+                 receipt.message_key, receipt.size, ",".join(receipt.owners) or "-",
+                 f", journal report {receipt.report_key}" if receipt.report_key else "",
                  tls or "no TLS",
                  f"journal sender {sender!r}" if sender else "trusted network",
-                 extra={"event": "receiver.accepted", "receipt": receipt_key,
+                 extra={"event": "receiver.accepted", "receipt": receipt.key,
                         "tls": tls, "sender": sender})
 
     async def record_refusal(self, session: Session, recipients: list[str],
@@ -291,15 +315,18 @@ class Receiver:
 
     ``stop`` is graceful: no new sessions, 421 to idle ones, and up to
     ``shutdown_grace`` seconds for messages already in DATA to be archived
-    and answered.
+    and answered.  With ``reuse_port`` the listeners share their addresses
+    with other receivers (SO_REUSEPORT; see ``web.receivers``).
     """
 
     def __init__(self, handler: JournalHandler, host: str, port: int,
                  hostname: str, max_message_size: int, *,
                  lmtp: tuple[str, int] | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 timeout: float = 300.0, shutdown_grace: float = 30.0) -> None:
+                 timeout: float = 300.0, shutdown_grace: float = 30.0,
+                 reuse_port: bool = False) -> None:
         self.handler = handler
+        self.reuse_port = reuse_port
         self.host, self.port = host, port
         self.lmtp = lmtp
         self.lmtp_port: int | None = None
@@ -377,15 +404,17 @@ class Receiver:
         return new_session
 
     async def _listen(self) -> None:
+        # With reuse_port several receiver processes listen on one address.
+        reuse_port = self.reuse_port or None
         server = await self._loop.create_server(
-            self._factory(ArchiveSMTP), self.host, self.port)
+            self._factory(ArchiveSMTP), self.host, self.port, reuse_port=reuse_port)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
         log.info("receiver listening for SMTP on %s:%d", self.host, self.port,
                  extra={"event": "receiver.started"})
         if self.lmtp is not None:
             server = await self._loop.create_server(
-                self._factory(ArchiveLMTP), *self.lmtp)
+                self._factory(ArchiveLMTP), *self.lmtp, reuse_port=reuse_port)
             self._servers.append(server)
             self.lmtp_port = server.sockets[0].getsockname()[1]
             log.info("receiver listening for LMTP on %s:%d", self.lmtp[0], self.lmtp_port,

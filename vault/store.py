@@ -136,11 +136,12 @@ class StagedObject:
 
     ``is_shared`` marks a content-addressed object: finding its key already
     stored when it is published means the same bytes are there, which is
-    success, not a conflict.
+    success, not a conflict.  ``scratch`` None stages only a stronger lock
+    for an object already stored (``LocalWormStore.stage_lock``).
     """
 
     key: str
-    scratch: Path
+    scratch: Path | None
     retain_until: dt.datetime
     is_shared: bool = False
 
@@ -226,10 +227,19 @@ class LocalWormStore:
             raise
         return staged
 
+    def stage_lock(self, key: str, retain_until: dt.datetime) -> StagedObject:
+        """Stage a lock lengthened to ``retain_until`` for a stored object.
+
+        It is published with the rest of a batch, in the same flushes;
+        publishing raises MissingObjectError if the object is gone by then.
+        """
+        return StagedObject(check_key(key), None, retain_until, is_shared=True)
+
     def discard(self, staged: Iterable[StagedObject]) -> None:
         """Remove the scratch files of staged objects."""
         for item in staged:
-            item.scratch.unlink(missing_ok=True)
+            if item.scratch is not None:
+                item.scratch.unlink(missing_ok=True)
 
     def publish(self, tiers: Sequence[Sequence[StagedObject]]) -> None:
         """Make staged objects durable and visible, tier after tier.
@@ -241,8 +251,9 @@ class LocalWormStore:
         object of the tiers before it is (so a receipt never names a
         message that a crash could take away).
 
-        Raises StoreError for the whole batch on any failure, or
-        ObjectExistsError if a key not marked ``is_shared`` is taken.  The
+        Raises StoreError for the whole batch on any failure,
+        ObjectExistsError if a key not marked ``is_shared`` is taken, or
+        MissingObjectError if a staged lock's object is gone.  The
         objects of a failed batch that are not shared are taken back; a
         shared one may stay, complete and locked, for a retry to find.
         Staged objects are discarded either way.
@@ -269,6 +280,8 @@ class LocalWormStore:
         with self._mutex():
             wanted: dict[str, Lock] = {}
             for item in staged:
+                if item.scratch is None and not self.exists(item.key):
+                    raise MissingObjectError(f"{item.key} is not stored")
                 current = wanted.get(item.key) or self._read_lock(item.key)
                 stronger = _stronger(current, item.retain_until)
                 if stronger != current:
@@ -279,7 +292,8 @@ class LocalWormStore:
                 for key, scratch in records.items():
                     self._write(scratch, _lock_record(wanted[key]))
                 self.syncer.sync_files(
-                    [item.scratch for item in staged] + list(records.values()))
+                    [item.scratch for item in staged if item.scratch is not None]
+                    + list(records.values()))
                 directories = set()
                 for key, scratch in records.items():
                     path = self._locks / key
@@ -294,6 +308,8 @@ class LocalWormStore:
     def _link_tier(self, tier: Sequence[StagedObject], linked: list[Path]) -> None:
         directories = set()
         for item in tier:
+            if item.scratch is None:
+                continue
             target = self._objects / item.key
             self._make_parents(target.parent)
             try:

@@ -1,9 +1,15 @@
-"""Run the whole archive in one process: receiver, follower and portal."""
+"""Run the whole archive: receiver, follower and portal.
+
+The follower and the portal run in serve's process; the receiver runs
+there too or, with ``receiver.processes`` above 1, in processes of its own
+(``web.receivers``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 
 import waitress
@@ -14,15 +20,19 @@ from vault.audit import seal_pending
 from vault.config import Settings, parse_listen
 from vault.control import ControlDB
 from vault.ingest import open_vault
-from vault.receiver import JournalHandler, Receiver
-from vault.transport import server_tls_context
+from vault.receiver import Receiver
 from web.app import create_app
-from web.senders import JournalSenders
+from web.receivers import ReceiverProcesses, build_receiver, process_count
 
 log = logging.getLogger(__name__)
 
 # How often the audit trail is sealed into the vault while serving.
 AUDIT_SEAL_SECONDS = 5.0
+
+# How much lower than serve's the follower's CPU priority is (nice(1)
+# steps): under a burst of mail the receivers get the cores, and the
+# catalogue catches up as soon as they have a moment to spare.
+FOLLOWER_NICENESS = 10
 
 
 class Service:
@@ -39,37 +49,13 @@ class Service:
             overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds),
             on_batch=self._audit_ingest,
         )
-        self.receiver = self._receiver(settings)
+        processes = process_count(settings)
+        self.receiver: Receiver | ReceiverProcesses
+        if processes > 1:
+            self.receiver = ReceiverProcesses(settings, processes, self.follower.wake)
+        else:
+            self.receiver = build_receiver(settings, self.follower.wake.set)
         self._stop = threading.Event()
-
-    def _receiver(self, settings: Settings) -> Receiver:
-        receiving = settings.receiver
-        control = ControlDB(settings.path(settings.control.database))
-        handler = JournalHandler(
-            self.vault, receiving.trusted_networks, receiving.max_recipients,
-            on_archived=self.follower.wake.set,
-            trust=receiving.trust,
-            require_tls=receiving.require_tls,
-            authenticate=JournalSenders(control).authenticate,
-            on_refused=control.record_refusal,
-        )
-        tls_context = None
-        if receiving.tls_certificate:
-            tls_context = server_tls_context(settings.path(receiving.tls_certificate),
-                                             settings.path(receiving.tls_key))
-        smtp_host, smtp_port = parse_listen("receiver.listen", receiving.listen)
-        lmtp = None
-        if receiving.lmtp_listen:
-            lmtp = parse_listen("receiver.lmtp_listen", receiving.lmtp_listen)
-        return Receiver(
-            handler, smtp_host, smtp_port,
-            hostname=receiving.hostname,
-            max_message_size=receiving.max_message_size,
-            lmtp=lmtp,
-            tls_context=tls_context,
-            timeout=receiving.timeout_seconds,
-            shutdown_grace=receiving.shutdown_grace_seconds,
-        )
 
     def _audit_ingest(self, receipt_keys: list[str]) -> None:
         # One audit event per indexed batch: which deliveries, not content.
@@ -81,6 +67,19 @@ class Service:
 
         hold_new_deliveries(ControlDB(self.settings.path(self.settings.control.database)),
                             self.vault, receipt_keys)
+
+    def _follow(self, stop: threading.Event, interval: float,
+                repair_interval: float) -> None:
+        # Receiving comes first: a message is safe only once it is
+        # durable, while indexing it can wait a moment.  On Linux a thread
+        # has a priority of its own; elsewhere this lowers nothing.
+        try:
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread,
+                           os.getpriority(os.PRIO_PROCESS, thread) + FOLLOWER_NICENESS)
+        except (AttributeError, OSError) as err:
+            log.debug("follower keeps its priority: %s", err)
+        self.follower.run(stop, interval, repair_interval)
 
     def _seal_audit(self) -> None:
         control = ControlDB(self.settings.path(self.settings.control.database))
@@ -104,7 +103,7 @@ class Service:
         )
         self.receiver.start()
         follower = threading.Thread(
-            target=self.follower.run,
+            target=self._follow,
             args=(self._stop, self.settings.catalogue.poll_interval,
                   self.settings.catalogue.repair_interval),
             name="follower",
