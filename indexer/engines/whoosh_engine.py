@@ -141,20 +141,28 @@ class _WhooshBatch:
         return _stored(self.searcher.document(id=message_id))
 
     def put(self, document: dict) -> None:
-        fields = {name: document[name] for name in
-                  (*SEARCH_FIELDS, "bcc", "filename", "message_id", "sender_address")}
-        fields["references"] = document.get("references", "")
-        date = utc_naive(document["date"])
-        if date is not None:
-            fields["date"] = date
-            fields["year"] = date.year
-        self.writer.update_document(
-            id=document["id"], owners=",".join(document["owners"]),
-            has_attachment=document["has_attachment"], size=document["size"],
-            record=json.dumps(record_of(document)), **fields)
+        self.writer.update_document(**_fields(document))
+
+    def add(self, document: dict) -> None:
+        self.writer.add_document(**_fields(document))
 
     def delete(self, message_id: str) -> None:
         self.writer.delete_by_term("id", message_id)
+
+
+def _fields(document: dict) -> dict:
+    """Return a document as the Whoosh schema's field values."""
+    fields = {name: document[name] for name in
+              (*SEARCH_FIELDS, "bcc", "filename", "message_id", "sender_address")}
+    fields["references"] = document.get("references", "")
+    date = utc_naive(document["date"])
+    if date is not None:
+        fields["date"] = date
+        fields["year"] = date.year
+    return dict(
+        id=document["id"], owners=",".join(document["owners"]),
+        has_attachment=document["has_attachment"], size=document["size"],
+        record=json.dumps(record_of(document)), **fields)
 
 
 def _stored(fields: dict | None) -> dict | None:
