@@ -9,6 +9,7 @@ to a document that already has it changes nothing.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -16,7 +17,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from indexer.catalogue import CURSOR_NAME, SNIPPET_STORED_CHARS, Batch, Catalogue, utc
 from indexer.extract import Extract
@@ -34,6 +37,8 @@ PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
 # visible late; longer than any store write takes.
 DEFAULT_OVERLAP = dt.timedelta(seconds=30)
 DEFAULT_REPAIR_SECONDS = 600.0
+READ_THREADS = 4
+READ_AHEAD = 32
 
 
 class Follower:
@@ -171,9 +176,9 @@ class Follower:
         return getattr(batch, "generation", self._generation)
 
     def _read_receipts(self, receipt_keys: list[str]) -> Iterator[tuple[str, Receipt]]:
-        for key in receipt_keys:
+        for key, reading in read_ahead(self.vault.read_receipt, receipt_keys):
             try:
-                yield key, self.vault.read_receipt(key)
+                yield key, reading.result()
             except Exception:
                 # One message must never hold up the rest; the repair
                 # pass (or reindex) tries it again.
@@ -219,12 +224,13 @@ class Follower:
             yield document
 
     def _raw_messages(self, planned: dict[str, _Planned]) -> Iterator[tuple[str, bytes]]:
-        for message_id, plan in planned.items():
+        keys = {plan.first.message_key: message_id for message_id, plan in planned.items()}
+        for message_key, reading in read_ahead(self.vault.read_message, list(keys)):
             try:
-                yield message_id, self.vault.read_message(plan.first.message_key)
+                yield keys[message_key], reading.result()
             except VaultError:
                 log.error("%s: message cannot be read; not indexed",
-                          plan.first.message_key, exc_info=True,
+                          message_key, exc_info=True,
                           extra={"event": "follower.bad_message"})
 
     def _save_cursor(self, key: str, generation: Path | None) -> None:
@@ -235,6 +241,34 @@ class Follower:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(scratch, path)
+
+
+def read_ahead(read: Callable[[str], Any], keys: list[str]
+               ) -> Iterator[tuple[str, Future[Any]]]:
+    """Yield ``(key, future of read(key))`` in order, reading ahead in threads.
+
+    Reading a stored object waits on the disk (or S3) more than on the
+    CPU; a few reads in flight keep the pool of extractors fed.  At most
+    READ_AHEAD objects are held before the caller takes them.
+    """
+    pending: collections.deque[tuple[str, Future[Any]]] = collections.deque()
+    for key in keys:
+        pending.append((key, _readers().submit(read, key)))
+        if len(pending) >= READ_AHEAD:
+            yield pending.popleft()
+    yield from pending
+
+
+_reader_threads: ThreadPoolExecutor | None = None
+_reader_lock = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    global _reader_threads
+    with _reader_lock:
+        if _reader_threads is None:
+            _reader_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="vault-read")
+        return _reader_threads
 
 
 @dataclasses.dataclass
