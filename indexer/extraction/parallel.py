@@ -64,7 +64,7 @@ class ExtractionPool:
 
     def __init__(self, workers: int | None = None, limits: Limits = DEFAULT_LIMITS,
                  memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
-        self.workers = os.cpu_count() or 1 if workers is None else max(0, workers)
+        self.workers = (os.cpu_count() or 1) if workers is None else max(0, workers)
         self.limits = limits
         self.window = max(1, self.workers * QUEUED_PER_WORKER)
         self._sandbox = Sandbox(max(1, self.workers), memory_bytes,
