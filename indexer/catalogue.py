@@ -129,7 +129,9 @@ class Batch(Protocol):
     """Changes to an index that become visible together, or not at all.
 
     ``get`` sees committed documents only.  ``put`` replaces any document
-    with the same id (so putting twice leaves one).  Nothing is visible
+    with the same id (so putting twice leaves one); ``add`` is ``put`` for
+    a document that ``get`` has just shown absent and that this batch has
+    not put, which spares the engine the search for one to replace.  Nothing is visible
     before the batch's ``with`` block ends without an exception; an
     exception discards the whole batch.
     """
@@ -137,6 +139,8 @@ class Batch(Protocol):
     def get(self, message_id: str) -> dict | None: ...
 
     def put(self, document: dict) -> None: ...
+
+    def add(self, document: dict) -> None: ...
 
     def delete(self, message_id: str) -> None: ...
 
@@ -392,6 +396,9 @@ class _NormalisingBatch:
 
     def put(self, document: dict) -> None:
         self.inner.put(normalise(document))
+
+    def add(self, document: dict) -> None:
+        self.inner.add(normalise(document))
 
     def delete(self, message_id: str) -> None:
         self.inner.delete(message_id)

@@ -31,7 +31,7 @@ from indexer.extraction.charsets import decode_body, decode_text
 from indexer.extraction.documents import calendar_text, html_to_text
 from indexer.extraction.formats import BY_CONTENT_TYPE, TEXT_KINDS
 from indexer.extraction.reading import DEFAULT_LIMITS, PARTIAL, Limits, TextBuffer
-from indexer.extraction.sandbox import Sandbox, shared_sandbox
+from indexer.extraction.sandbox import InProcessDeadline, Sandbox, shared_sandbox
 from indexer.extraction.transfer import decode_base64, part_payload
 from vault.ownership import parse_addresses
 
@@ -55,6 +55,8 @@ class Extract:
 
     subject: str = ""
     sender: str = ""
+    # The first address of From, lower case (for narrowing by sender).
+    sender_address: str = ""
     to: str = ""
     cc: str = ""
     bcc: str = ""
@@ -69,7 +71,8 @@ class Extract:
     references: list[str] = dataclasses.field(default_factory=list)
 
 
-def extract(raw: bytes, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None,
+def extract(raw: bytes, limits: Limits = DEFAULT_LIMITS,
+            sandbox: Sandbox | InProcessDeadline | None = None,
             *, read_attachments: bool = True) -> Extract:
     """Read ``raw`` as far as it can be read; never raises for bad mail.
 
@@ -120,7 +123,7 @@ def _extract(raw: bytes, result: Extract, limits: Limits,
 
 def _read_headers(message: Message, result: Extract) -> None:
     result.subject = header_text(message, "subject")
-    result.sender = address_text(message, "from")
+    result.sender, result.sender_address = _sender(message)
     result.to = address_text(message, "to")
     result.cc = address_text(message, "cc")
     result.bcc = address_text(message, "bcc")
@@ -299,14 +302,26 @@ def decode_words(text: str) -> str:
     return "".join(pieces)
 
 
-def address_text(message: Message, name: str) -> str:
-    """Return a header's addresses as "Name <address>" text, decoded."""
-    decoded = header_text(message, name)
-    pairs = parse_addresses([decoded])
+def _sender(message: Message) -> tuple[str, str]:
+    decoded = header_text(message, "from")
+    pairs = parse_addresses([decoded]) if decoded else []
+    first = next((address.lower() for _, address in pairs if address), "")
+    return _address_list(pairs) or decoded, first
+
+
+def _address_list(pairs: list[tuple[str, str]]) -> str:
     return ", ".join(
         f"{display} <{address}>" if display else address
         for display, address in pairs if address or display
-    ) or decoded
+    )
+
+
+def address_text(message: Message, name: str) -> str:
+    """Return a header's addresses as "Name <address>" text, decoded."""
+    decoded = header_text(message, name)
+    if not decoded:
+        return ""
+    return _address_list(parse_addresses([decoded])) or decoded
 
 
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
@@ -358,6 +373,11 @@ def fallback_filename(part: Message, index: int) -> str:
 
 def part_filename(part: Message, defects: list[str]) -> str:
     """Return a part's file name (RFC 2231 and RFC 2047 decoded), or ""."""
+    if not any("name" in str(part.get(header, "")).lower()
+               for header in ("content-disposition", "content-type")):
+        # Parsing parameters is a third of a plain message's extraction;
+        # without the word "name" in either header there is none to find.
+        return ""
     for header in ("content-disposition", "content-type"):
         for key, value in part.get_params(header=header, failobj=[])[1:]:
             if isinstance(value, tuple):

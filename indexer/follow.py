@@ -9,20 +9,24 @@ to a document that already has it changes nothing.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from indexer.catalogue import CURSOR_NAME, SNIPPET_STORED_CHARS, Batch, Catalogue, utc
-from indexer.extract import Extract, extract
+from indexer.extract import Extract
+from indexer.extraction.parallel import ExtractionPool, shared_pool
 from indexer.reconcile import Reconciler
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
-from vault.ownership import parse_addresses
 from vault.receipts import Receipt, receipt_time, time_prefix
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
 # visible late; longer than any store write takes.
 DEFAULT_OVERLAP = dt.timedelta(seconds=30)
 DEFAULT_REPAIR_SECONDS = 600.0
+READ_THREADS = 4
+READ_AHEAD = 32
 
 
 class Follower:
@@ -46,8 +52,14 @@ class Follower:
 
     def __init__(self, vault: Vault, catalogue: Catalogue, cursor_path: Path | None = None,
                  overlap: dt.timedelta = DEFAULT_OVERLAP,
-                 on_batch: Callable[[list[str]], None] = lambda keys: None) -> None:
+                 on_batch: Callable[[list[str]], None] = lambda keys: None,
+                 pool: ExtractionPool | None = None,
+                 batch_receipts: int = BATCH_RECEIPTS) -> None:
         self.vault = vault
+        # Extraction runs in worker processes, one per CPU (see
+        # indexer.extraction.parallel); the engine writes meanwhile.
+        self.pool = pool or shared_pool()
+        self.batch_receipts = batch_receipts
         self.on_batch = on_batch
         self.catalogue = catalogue
         # None: the cursor lives in the catalogue's current generation, so
@@ -88,7 +100,7 @@ class Follower:
             for key in self.vault.receipts_after(floor):
                 if key not in self._recent:
                     batch.append(key)
-                    if len(batch) >= BATCH_RECEIPTS:
+                    if len(batch) >= self.batch_receipts:
                         break
             if not batch:
                 break
@@ -113,8 +125,8 @@ class Follower:
             self.reconciler = Reconciler(self.vault)
         coverage = self.reconciler.coverage(self.catalogue)
         keys = sorted(key for keys in coverage.missing.values() for key in keys)
-        for start in range(0, len(keys), BATCH_RECEIPTS):
-            self._index_batch(keys[start:start + BATCH_RECEIPTS])
+        for start in range(0, len(keys), self.batch_receipts):
+            self._index_batch(keys[start:start + self.batch_receipts])
         if coverage.missing:
             log.warning("repaired %d message(s) stored but not indexed",
                         len(coverage.missing), extra={"event": "follower.repaired"})
@@ -154,85 +166,72 @@ class Follower:
 
     def _index_batch(self, receipt_keys: list[str]) -> Path:
         """Index the receipts in one batch; return the generation written."""
-        documents: dict[str, dict] = {}
         with self.catalogue.batch() as batch:
-            for key in receipt_keys:
-                try:
-                    self._add_receipt(key, documents, batch)
-                except Exception:
-                    # One message must never hold up the rest; the repair
-                    # pass (or reindex) tries it again.
-                    log.exception("%s: not indexed", key,
-                                  extra={"event": "follower.receipt_failed"})
-            for document in documents.values():
-                batch.put(document)
+            planned = self._plan(self._read_receipts(receipt_keys), batch)
+            for document in self._documents(planned):
+                if planned[document["id"]].stored is None:
+                    batch.add(document)
+                else:
+                    batch.put(document)
         return getattr(batch, "generation", self._generation)
 
-    def _add_receipt(self, key: str, documents: dict[str, dict], batch: Batch) -> None:
-        try:
-            receipt = self.vault.read_receipt(key)
-        except VaultError:
-            log.error("%s: receipt cannot be read; not indexed", key, exc_info=True,
-                      extra={"event": "follower.bad_receipt"})
-            return
-        message_id = receipt.message_key.removeprefix(MESSAGES + "/")
-        document = documents.get(message_id)
-        if document is None:
-            stored = batch.get(message_id)
-            if stored and key in stored["receipts"]:
-                return
-            # Engines replace whole documents and keep no unstored field,
-            # so a new receipt for a known message means extracting again.
-            document = self._new_document(receipt, message_id)
-            if document is None:
-                return
-            if stored:
-                document["owners"] = list(stored["owners"])
-                document["receipts"] = list(stored["receipts"])
-            documents[message_id] = document
-        if key not in document["receipts"]:
-            document["receipts"] = [*document["receipts"], key]
-        document["owners"] = sorted(set(document["owners"]) | set(receipt.owners))
+    def _read_receipts(self, receipt_keys: list[str]) -> Iterator[tuple[str, Receipt]]:
+        for key, reading in read_ahead(self.vault.read_receipt, receipt_keys):
+            try:
+                yield key, reading.result()
+            except Exception:
+                # One message must never hold up the rest; the repair
+                # pass (or reindex) tries it again.
+                log.exception("%s: receipt cannot be read; not indexed", key,
+                              extra={"event": "follower.bad_receipt"})
 
-    def _new_document(self, receipt: Receipt, message_id: str) -> dict | None:
-        try:
-            raw = self.vault.read_message(receipt.message_key)
-        except VaultError:
-            log.error("%s: message cannot be read; not indexed", receipt.message_key,
-                      exc_info=True, extra={"event": "follower.bad_message"})
-            return None
-        try:
-            found = extract(raw)
-        except Exception as err:
-            # Still findable by its envelope, owners and date.
-            log.exception("%s: extraction failed", receipt.message_key,
-                          extra={"event": "follower.extract_failed"})
-            found = Extract(defects=[f"not extracted: {type(err).__name__}"])
-        sender = found.sender or receipt.mail_from
-        if receipt.mail_from and receipt.mail_from.lower() not in sender.lower():
-            sender = f"{sender} {receipt.mail_from}".strip()
-        return {
-            "id": message_id,
-            "owners": [],
-            "subject": found.subject,
-            "from": sender,
-            "to": found.to,
-            "cc": found.cc,
-            "body": found.body,
-            "preview": found.body[:SNIPPET_STORED_CHARS],
-            "bcc": found.bcc,
-            # attachment: finds names and text; filename: names only.
-            "attachment": " ".join(found.attachments) + "\n" + found.attachment_text,
-            "filename": " ".join(found.attachments),
-            "has_attachment": bool(found.attachments),
-            "message_id": found.message_id.strip().strip("<>"),
-            "references": " ".join(found.references),
-            "date": utc(plausible_date(found, receipt)),
-            "sender_address": sender_address(found.sender) or receipt.mail_from,
-            "size": receipt.size,
-            "receipts": [],
-            "defects": found.defects,
-        }
+    def _plan(self, receipts: Iterable[tuple[str, Receipt]],
+              batch: Batch) -> dict[str, _Planned]:
+        """Group the receipts by message, leaving out those already indexed."""
+        planned: dict[str, _Planned] = {}
+        for key, receipt in receipts:
+            message_id = receipt.message_key.removeprefix(MESSAGES + "/")
+            if message_id not in planned:
+                stored = batch.get(message_id)
+                if stored and key in stored["receipts"]:
+                    continue
+                planned[message_id] = _Planned(receipt, stored)
+            planned[message_id].receipts.append((key, receipt))
+        return planned
+
+    def _documents(self, planned: dict[str, _Planned]) -> Iterator[dict]:
+        """Extract the planned messages in the pool; yield their documents.
+
+        Engines replace whole documents and keep no unstored field, so a
+        new receipt for a known message means extracting it again.
+        """
+        extracted = self.pool.extract_all(self._raw_messages(planned))
+        for message_id, found in extracted:
+            plan = planned[message_id]
+            try:
+                document = new_document(plan.first, message_id, found)
+            except Exception:
+                log.exception("%s: not indexed", plan.first.message_key,
+                              extra={"event": "follower.receipt_failed"})
+                continue
+            if plan.stored:
+                document["owners"] = list(plan.stored["owners"])
+                document["receipts"] = list(plan.stored["receipts"])
+            for key, receipt in plan.receipts:
+                if key not in document["receipts"]:
+                    document["receipts"] = [*document["receipts"], key]
+                document["owners"] = sorted(set(document["owners"]) | set(receipt.owners))
+            yield document
+
+    def _raw_messages(self, planned: dict[str, _Planned]) -> Iterator[tuple[str, bytes]]:
+        keys = {plan.first.message_key: message_id for message_id, plan in planned.items()}
+        for message_key, reading in read_ahead(self.vault.read_message, list(keys)):
+            try:
+                yield keys[message_key], reading.result()
+            except VaultError:
+                log.error("%s: message cannot be read; not indexed",
+                          message_key, exc_info=True,
+                          extra={"event": "follower.bad_message"})
 
     def _save_cursor(self, key: str, generation: Path | None) -> None:
         path = self._own_cursor or (generation or self.catalogue.generation) / CURSOR_NAME
@@ -244,12 +243,70 @@ class Follower:
         os.replace(scratch, path)
 
 
-def sender_address(sender: str) -> str:
-    """Return the first address in a From text, lower case, or ""."""
-    for _, address in parse_addresses([sender]):
-        if address:
-            return address.lower()
-    return ""
+def read_ahead(read: Callable[[str], Any], keys: list[str]
+               ) -> Iterator[tuple[str, Future[Any]]]:
+    """Yield ``(key, future of read(key))`` in order, reading ahead in threads.
+
+    Reading a stored object waits on the disk (or S3) more than on the
+    CPU; a few reads in flight keep the pool of extractors fed.  At most
+    READ_AHEAD objects are held before the caller takes them.
+    """
+    pending: collections.deque[tuple[str, Future[Any]]] = collections.deque()
+    for key in keys:
+        pending.append((key, _readers().submit(read, key)))
+        if len(pending) >= READ_AHEAD:
+            yield pending.popleft()
+    yield from pending
+
+
+_reader_threads: ThreadPoolExecutor | None = None
+_reader_lock = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    global _reader_threads
+    with _reader_lock:
+        if _reader_threads is None:
+            _reader_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="vault-read")
+        return _reader_threads
+
+
+@dataclasses.dataclass
+class _Planned:
+    """A message to index in this batch: its first receipt, stored document."""
+
+    first: Receipt
+    stored: dict | None
+    receipts: list[tuple[str, Receipt]] = dataclasses.field(default_factory=list)
+
+
+def new_document(receipt: Receipt, message_id: str, found: Extract) -> dict:
+    """Return the document of a message as extracted, without owners yet."""
+    sender = found.sender or receipt.mail_from
+    if receipt.mail_from and receipt.mail_from.lower() not in sender.lower():
+        sender = f"{sender} {receipt.mail_from}".strip()
+    return {
+        "id": message_id,
+        "owners": [],
+        "subject": found.subject,
+        "from": sender,
+        "to": found.to,
+        "cc": found.cc,
+        "body": found.body,
+        "preview": found.body[:SNIPPET_STORED_CHARS],
+        "bcc": found.bcc,
+        # attachment: finds names and text; filename: names only.
+        "attachment": " ".join(found.attachments) + "\n" + found.attachment_text,
+        "filename": " ".join(found.attachments),
+        "has_attachment": bool(found.attachments),
+        "message_id": found.message_id.strip().strip("<>"),
+        "references": " ".join(found.references),
+        "date": utc(plausible_date(found, receipt)),
+        "sender_address": found.sender_address or receipt.mail_from,
+        "size": receipt.size,
+        "receipts": [],
+        "defects": found.defects,
+    }
 
 
 def plausible_date(found: Extract, receipt: Receipt) -> dt.datetime:

@@ -23,6 +23,11 @@ from vault.ingest import Vault
 
 log = logging.getLogger(__name__)
 
+# Receipts per commit while rebuilding: four times the follower's, since
+# nobody searches the new generation until it is done, and each commit
+# costs (tantivy writes a segment, Whoosh merges its small ones).
+REINDEX_BATCH_RECEIPTS = 2000
+
 
 @dataclasses.dataclass(frozen=True)
 class ReindexReport:
@@ -41,7 +46,8 @@ def reindex(vault: Vault, catalogue: Catalogue,
     target = catalogue.new_generation()
     building = catalogue.pinned(target)
     try:
-        follower = Follower(vault, building, overlap=overlap)
+        follower = Follower(vault, building, overlap=overlap,
+                            batch_receipts=REINDEX_BATCH_RECEIPTS)
         receipts = follower.catch_up()
         # Receipts made while the first pass ran.
         receipts += follower.catch_up()

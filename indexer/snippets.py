@@ -41,7 +41,7 @@ def snippet_runs(text: str, words: tuple[set[str], tuple[str, ...]]) -> list[tup
     if not matches:
         return [(text[:PLAIN_CHARS], False)] if text else []
     runs: list[tuple[str, bool]] = []
-    for number, (start, end) in enumerate(_windows(matches, len(text))):
+    for number, (start, end) in enumerate(_windows(matches, text)):
         if number:
             runs.append((SEPARATOR, False))
         position = start
@@ -83,11 +83,11 @@ def _first_matches(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
     return matches
 
 
-def _windows(matches: list[re.Match[str]], length: int) -> list[tuple[int, int]]:
+def _windows(matches: list[re.Match[str]], text: str) -> list[tuple[int, int]]:
     windows: list[tuple[int, int]] = []
     for match in matches:
-        start = max(0, match.start() - SURROUND_CHARS)
-        end = min(length, match.end() + SURROUND_CHARS)
+        start = _word_start(text, max(0, match.start() - SURROUND_CHARS), match.start())
+        end = _word_end(text, min(len(text), match.end() + SURROUND_CHARS), match.end())
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], max(end, windows[-1][1]))
         elif len(windows) < MAX_FRAGMENTS:
@@ -95,6 +95,32 @@ def _windows(matches: list[re.Match[str]], length: int) -> list[tuple[int, int]]
         else:
             break
     return windows
+
+
+def _word_start(text: str, start: int, limit: int) -> int:
+    # A fragment opens on a whole word: cut inside one, it moves to the
+    # next (never past the match it surrounds).
+    if start == 0 or not _is_inside_word(text, start):
+        return start
+    following = _WORD_BREAK.search(text, start, limit)
+    return following.end() if following else limit
+
+
+def _word_end(text: str, end: int, limit: int) -> int:
+    # ... and closes on one, dropping a word it would cut.
+    if end >= len(text) or not _is_inside_word(text, end):
+        return end
+    position = end
+    while position > limit and not text[position - 1].isspace():
+        position -= 1
+    return position if position > limit else limit
+
+
+def _is_inside_word(text: str, position: int) -> bool:
+    return bool(_WORD.match(text[position - 1])) and bool(_WORD.match(text[position]))
+
+
+_WORD_BREAK = re.compile(r"\s+")
 
 
 def _positive_leaves(node: query_tree.Node) -> list[query_tree.Node]:

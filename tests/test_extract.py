@@ -258,3 +258,22 @@ def test_every_corpus_message_extracts_whole_and_in_bounded_time(corpus_dir):
     assert slow == []
     assert stopped == []
     assert partial < 30
+
+
+def test_html_blocks_cells_and_line_breaks_keep_words_apart():
+    # Stripping tags alone ran "<h1>Spring catalogue</h1><p>Office" into
+    # the word "catalogueOffice", which no search finds.
+    raw = (b"From: a@example.org\r\nSubject: offer\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+           b"<html><head><style>p { color: red }</style></head><body>"
+           b"<h1>Spring catalogue</h1><p>Office chairs</p><div>Desks</div>"
+           b"<ul><li>Lamps</li><li>Rugs</li></ul>Line one<br>Line two<BR/>end"
+           b"<table><tr><td>Price</td><td>Stock</td></tr></table>"
+           b"<p>Tom &amp; <b>Jer</b>ry</p><script>track()</script></body></html>\r\n")
+    words = extract(raw).body.split()
+    for word in ("catalogue", "Office", "chairs", "Desks", "Lamps", "Rugs", "one",
+                 "Line", "two", "end", "Price", "Stock", "Jerry"):
+        assert word in words
+    assert "catalogueOffice" not in extract(raw).body
+    assert "track" not in extract(raw).body
+    assert "color" not in extract(raw).body

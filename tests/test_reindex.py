@@ -103,14 +103,16 @@ def test_follower_continues_in_the_new_generation(vault, catalogue):
 
 
 def test_coverage_counts_per_day_and_repair_fills_a_gap(vault, catalogue, monkeypatch):
-    import indexer.follow
+    import indexer.extraction.parallel as parallel
 
     deliver(vault, 4)
     vault.archive((CASES / "B09.eml").read_bytes(), Envelope("x@elsewhere.net", ("bob@example.com",)))
-    real_extract = indexer.follow.extract
-    monkeypatch.setattr(indexer.follow, "extract", lambda raw: (
-        (_ for _ in ()).throw(RuntimeError("bug")) if b"PELICAN" in raw else real_extract(raw)))
-    follower = Follower(vault, catalogue)
+    real_extract = parallel.extract
+    monkeypatch.setattr(parallel, "extract", lambda raw, limits: (
+        (_ for _ in ()).throw(RuntimeError("bug")) if b"PELICAN" in raw
+        else real_extract(raw, limits)))
+    # A bug cannot be planted in worker processes: extract in this one.
+    follower = Follower(vault, catalogue, pool=parallel.ExtractionPool(workers=0))
     follower.catch_up()
 
     [day] = Reconciler(vault).coverage(catalogue).days

@@ -107,3 +107,19 @@ def test_api_takes_sort_and_returns_counts(app):  # noqa: F811
     refused = client.get("/api/v1/search?q=AVOCET&sort=size", headers=headers)
     assert refused.status_code == 400
     assert "sort" in json.loads(refused.data)["message"]
+
+
+def test_snippet_fragments_start_and_end_on_whole_words():
+    # A fragment cut 60 characters before the match used to open inside
+    # a word ("ycles were ..."); it now opens on the next whole word.
+    from indexer.snippets import snippet_runs
+
+    text = ("the electric bicycles were delivered to the warehouse in "
+            "Hamburg on Tuesday PLOVER arrived with the second shipment of "
+            "spare parts and batteries for the whole fleet")
+    runs = snippet_runs(text, ({"plover"}, ()))
+    assert ("PLOVER", True) in runs
+    words = set(text.split())
+    fragment = "".join(run for run, _ in runs)
+    assert fragment.split()[0] in words and fragment.split()[-1] in words
+    assert fragment.startswith("were delivered") and fragment.endswith("parts and ")

@@ -110,3 +110,30 @@ def test_object_without_a_lock_record_is_kept_for_ever(store, tmp_path):
     assert store.lock("messages/abc").retain_until.year == 9999
     with pytest.raises(RetentionError):
         store.delete("messages/abc")
+
+
+def test_listing_after_a_cursor_reads_no_earlier_day_and_stats_no_file(store, monkeypatch):
+    # The follower lists receipts after its cursor on every poll: the cost
+    # must follow the receipts after it, not the size of the vault.
+    import os
+
+    for day in (1, 2, 3):
+        for second in range(4):
+            store.put(f"receipts/2026/12/0{day}/12000{second}.000000-aa", b"r",
+                      retain_until=LATER)
+    scanned: list[str] = []
+    stated: list[object] = []
+    real_scandir, real_stat = os.scandir, os.stat
+    monkeypatch.setattr(os, "scandir", lambda path: scanned.append(path) or real_scandir(path))
+    monkeypatch.setattr(os, "stat", lambda *a, **k: stated.append(a[0]) or real_stat(*a, **k))
+
+    found = list(store.list("receipts", after="receipts/2026/12/03/120001.000000-aa"))
+
+    assert found == ["receipts/2026/12/03/120002.000000-aa",
+                     "receipts/2026/12/03/120003.000000-aa"]
+    assert not [path for path in scanned if path.endswith(("/01", "/02"))]
+    assert any(path.endswith("/03") for path in scanned)
+    assert stated == []
+    assert list(store.list("receipts", after="receipts/2026/12/02")) == [
+        *(f"receipts/2026/12/02/12000{second}.000000-aa" for second in range(4)),
+        *(f"receipts/2026/12/03/12000{second}.000000-aa" for second in range(4))]

@@ -189,6 +189,9 @@ class _TantivyBatch:
         self.writer.delete_documents_by_term("id", document["id"])
         self.writer.add_document(_tantivy_document(document))
 
+    def add(self, document: dict) -> None:
+        self.writer.add_document(_tantivy_document(document))
+
     def delete(self, message_id: str) -> None:
         self.writer.delete_documents_by_term("id", message_id)
 

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import regex
 from whoosh import index, sorting
 from whoosh import query as whoosh_query
-from whoosh.analysis import StandardAnalyzer
+from whoosh.analysis import LowercaseFilter, RegexTokenizer
 from whoosh.fields import BOOLEAN, DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT, Schema
 from whoosh.index import LockError
 from whoosh.query import Every, Prefix, Query, Term
@@ -28,9 +29,19 @@ from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS
 log = logging.getLogger(__name__)
 
 
+# Chinese and Japanese are written without spaces, so Whoosh's \w+ word
+# would be a whole sentence and no word inside it could be found.  As in
+# the tantivy engine, each Han, Hiragana or Katakana character is a token
+# of its own, and a query's run of them becomes a phrase.  Other words
+# keep Whoosh's standard shape (dotted names such as "plan.docx" stay one
+# word).  The ``regex`` module is needed for the Unicode script classes.
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+WORD_PATTERN = regex.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:\.[^\W{_CJK}]+)*")
+
+
 def _analyzer():
     # No stop list: in an archive "the who" or "IT" may be exactly the query.
-    return StandardAnalyzer(stoplist=None)
+    return RegexTokenizer(WORD_PATTERN) | LowercaseFilter()
 
 
 SCHEMA = Schema(
@@ -130,20 +141,28 @@ class _WhooshBatch:
         return _stored(self.searcher.document(id=message_id))
 
     def put(self, document: dict) -> None:
-        fields = {name: document[name] for name in
-                  (*SEARCH_FIELDS, "bcc", "filename", "message_id", "sender_address")}
-        fields["references"] = document.get("references", "")
-        date = utc_naive(document["date"])
-        if date is not None:
-            fields["date"] = date
-            fields["year"] = date.year
-        self.writer.update_document(
-            id=document["id"], owners=",".join(document["owners"]),
-            has_attachment=document["has_attachment"], size=document["size"],
-            record=json.dumps(record_of(document)), **fields)
+        self.writer.update_document(**_fields(document))
+
+    def add(self, document: dict) -> None:
+        self.writer.add_document(**_fields(document))
 
     def delete(self, message_id: str) -> None:
         self.writer.delete_by_term("id", message_id)
+
+
+def _fields(document: dict) -> dict:
+    """Return a document as the Whoosh schema's field values."""
+    fields = {name: document[name] for name in
+              (*SEARCH_FIELDS, "bcc", "filename", "message_id", "sender_address")}
+    fields["references"] = document.get("references", "")
+    date = utc_naive(document["date"])
+    if date is not None:
+        fields["date"] = date
+        fields["year"] = date.year
+    return dict(
+        id=document["id"], owners=",".join(document["owners"]),
+        has_attachment=document["has_attachment"], size=document["size"],
+        record=json.dumps(record_of(document)), **fields)
 
 
 def _stored(fields: dict | None) -> dict | None:

@@ -11,6 +11,7 @@ read only in part, or not at all, leaves a defect starting with
 Modules: :mod:`~.reading` (limits and results), :mod:`~.transfer`
 (transfer encodings), :mod:`~.charsets`, :mod:`~.documents` (single
 documents), :mod:`~.archives` (zip, TNEF), :mod:`~.formats` (kinds and
-dispatch), :mod:`~.sandbox` (workers) and :mod:`~.attachments` (one
-message's attachments within its budgets).
+dispatch), :mod:`~.sandbox` (workers), :mod:`~.attachments` (one
+message's attachments within its budgets) and :mod:`~.parallel` (whole
+messages extracted in a pool of workers, for the follower).
 """

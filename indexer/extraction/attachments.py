@@ -17,6 +17,7 @@ from indexer.extraction.formats import MAGIC_WINDOW, TEXT_KINDS, kind_of, read_p
 from indexer.extraction.reading import Limits, Reading, TextBuffer
 from indexer.extraction.sandbox import (
     CallTimeoutError,
+    InProcessDeadline,
     Sandbox,
     SandboxError,
     WorkerLostError,
@@ -36,7 +37,7 @@ class AttachmentReader:
     defects.
     """
 
-    def __init__(self, limits: Limits, sandbox: Sandbox,
+    def __init__(self, limits: Limits, sandbox: Sandbox | InProcessDeadline,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.sandbox = sandbox

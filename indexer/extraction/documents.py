@@ -190,10 +190,28 @@ def read_calendar(data: bytes, name: str, limits: Limits,
     return _finish(Reading(), buffer, name)
 
 
+# Elements a browser lays out as blocks, lines or cells.  Stripping the
+# tags alone would run "<p>Spring catalogue</p><p>Office chairs</p>"
+# together into one word "catalogueOffice"; a line break before each such
+# tag (a tab before a cell) keeps the words apart, as a reader sees them.
+_BLOCK_TAG = re.compile(
+    r"<(?=/?(?:address|article|aside|blockquote|br|caption|dd|details|div|dl|dt"
+    r"|fieldset|figcaption|figure|footer|form|h[1-6]|header|hr|li|main|nav|ol"
+    r"|option|p|pre|section|summary|table|tbody|tfoot|thead|title|tr|ul)[\s/>])",
+    re.IGNORECASE)
+_CELL_TAG = re.compile(r"<(?=/?t[dh][\s/>])", re.IGNORECASE)
+_BLANK_LINES = re.compile(r"[ \t]*\n[\s]*\n[ \t]*")
+
+
 def html_to_text(markup: str) -> str:
-    """Return the readable text of an HTML body (scripts and styles dropped)."""
-    stripped = nh3.clean(markup, tags=set(), attributes={}, strip_comments=True)
-    return html.unescape(stripped)
+    """Return the readable text of an HTML body (scripts and styles dropped).
+
+    Blocks, line breaks and list items become line breaks and table cells
+    tabs, so words in neighbouring elements stay separate words.
+    """
+    spaced = _CELL_TAG.sub("\t<", _BLOCK_TAG.sub("\n<", markup))
+    stripped = nh3.clean(spaced, tags=set(), attributes={}, strip_comments=True)
+    return _BLANK_LINES.sub("\n\n", html.unescape(stripped)).strip()
 
 
 # iCalendar content lines (RFC 5545 section 3.1): long lines are folded

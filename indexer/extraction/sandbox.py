@@ -74,8 +74,10 @@ class Sandbox:
     """
 
     def __init__(self, workers: int = 2,
-                 memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
+                 memory_bytes: int = WORKER_MEMORY_BYTES,
+                 calls_per_worker: int = CALLS_PER_WORKER) -> None:
         self.memory_bytes = memory_bytes
+        self.calls_per_worker = calls_per_worker
         self._slots = threading.BoundedSemaphore(workers)
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
@@ -130,7 +132,7 @@ class Sandbox:
             raise WorkerLostError(f"cannot start a worker: {err}") from err
 
     def _checkin(self, worker: _Worker) -> None:
-        if worker.calls >= CALLS_PER_WORKER or not worker.is_alive():
+        if worker.calls >= self.calls_per_worker or not worker.is_alive():
             worker.stop()
             return
         with self._lock:
@@ -231,6 +233,43 @@ NETWORK_EVENTS = frozenset({"socket.__new__", "socket.connect", "socket.getaddri
 def _refuse_network(event: str, args: tuple[object, ...]) -> None:
     if event in NETWORK_EVENTS:
         raise PermissionError("extraction workers may not use the network")
+
+
+class InProcessDeadline:
+    """Run calls in this process, interrupted by an alarm at the deadline.
+
+    The stand-in for a :class:`Sandbox` inside a worker that is itself
+    confined (a whole message extracted in a sandbox worker): a reader
+    written in Python stops at its deadline, and one stuck in C code is
+    stopped by the outer worker's deadline instead.  Main thread only.
+    """
+
+    def run(self, function: Callable[..., Any], args: tuple[Any, ...],
+            timeout: float) -> Any:
+        """Return ``function(*args)``; raise CallTimeoutError past ``timeout``."""
+        if timeout <= 0:
+            raise CallTimeoutError("no time left")
+        previous = signal.signal(signal.SIGALRM, _raise_overrun)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return function(*args)
+        except _Overrun:
+            raise CallTimeoutError(f"no answer within {timeout:.1f} s") from None
+        except MemoryError:
+            raise WorkerLostError("the reader ran out of memory") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+class _Overrun(BaseException):
+    # Not an Exception: readers catch Exception to record a broken part,
+    # and must not swallow their own deadline.
+    pass
+
+
+def _raise_overrun(signum: int, frame: object) -> None:
+    raise _Overrun
 
 
 _shared: Sandbox | None = None
