@@ -42,6 +42,11 @@ MAX_DEPTH = 100
 # a continuation, or the Unix "From " line.
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _LINE_BREAK = re.compile(rb"\r\n|\n|\r")
+# What may follow "--boundary" on a delimiter line (RFC 2046 5.1.1).
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?=[\r\n]|\Z)")
+_LINE_WHITESPACE = b" \t\r\n"
+_BASE64_CHARACTERS = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                      b"0123456789+/=")
 _BASE64_NOISE = re.compile(rb"[^A-Za-z0-9+/=]+")
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]+(=*)")
 
@@ -237,21 +242,33 @@ def _split(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int,
 
     No delimiter at all makes the multipart a leaf, as the parser does.
     """
-    delimiter = re.compile(rb"(?:(?<=[\r\n])|\A)--" + re.escape(boundary)
-                           + rb"(--)?[ \t]*(?=[\r\n]|\Z)")
     parts: list[tuple[int, int]] = []
     part_start: int | None = None
-    for match in delimiter.finditer(raw, start, end):
-        if match.start() != start and raw[match.start() - 1:match.start()] not in b"\r\n":
-            continue
+    for at, after, is_close in _delimiters(raw, start, end, b"--" + boundary):
         if part_start is not None:
-            parts.append((part_start, _before_line_break(raw, match.start(), part_start)))
-        if match.group(1):
+            parts.append((part_start, _before_line_break(raw, at, part_start)))
+        if is_close:
             return parts
-        part_start = _after_line_break(raw, match.end(), end)
+        part_start = _after_line_break(raw, after, end)
     if part_start is not None and part_start < end:
         parts.append((part_start, end))   # no closing delimiter: runs to the end
     return parts
+
+
+def _delimiters(raw: bytes, start: int, end: int, marker: bytes
+                ) -> Iterator[tuple[int, int, bool]]:
+    """Yield (start, end, is_close) of each delimiter line's delimiter.
+
+    A plain find for the marker, then a check that it starts a line, is
+    many times faster than a regular expression that must look behind.
+    """
+    at = raw.find(marker, start, end)
+    while at >= 0:
+        if at == start or raw[at - 1:at] in (b"\r", b"\n"):
+            tail = _DELIMITER_TAIL.match(raw, at + len(marker), end)
+            if tail:
+                yield at, tail.end(), bool(tail.group(1))
+        at = raw.find(marker, at + 1, end)
 
 
 def _before_line_break(raw: bytes, at: int, floor: int) -> int:
@@ -278,7 +295,11 @@ def decode_base64_chunks(encoded: memoryview) -> Iterator[bytes]:
     """
     carry = b""
     for at in range(0, len(encoded), CHUNK_BYTES):
-        text = carry + _BASE64_NOISE.sub(b"", encoded[at:at + CHUNK_BYTES])
+        # Line breaks are nearly all the noise there is: drop them fast.
+        text = bytes(encoded[at:at + CHUNK_BYTES]).translate(None, _LINE_WHITESPACE)
+        if text.translate(None, _BASE64_CHARACTERS):
+            text = _BASE64_NOISE.sub(b"", text)
+        text = carry + text
         carry = b""
         runs = list(_BASE64_RUN.finditer(text))
         pieces = []
