@@ -38,6 +38,8 @@ CHUNK_BYTES = 256 * 1024
 # A part's header block longer than this is cut there (the rest is body).
 MAX_PART_HEADER_BYTES = 64 * 1024
 MAX_DEPTH = 100
+# The transfer encodings email.message decodes besides base64 and QP.
+UUENCODINGS = ("x-uuencode", "uuencode", "uue", "x-uue")
 # email.feedparser's notion of a header line: a field name and a colon,
 # a continuation, or the Unix "From " line.
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
@@ -122,17 +124,17 @@ class ScannedParts:
             return decode_base64_chunks(body)
         if leaf.encoding == "quoted-printable":
             return decode_qp_chunks(body)
-        if leaf.encoding in ("", "7bit", "8bit", "binary"):
-            return (bytes(body[at:at + CHUNK_BYTES])
-                    for at in range(0, len(body), CHUNK_BYTES))
-        return iter([self._decode_whole(leaf)])
+        if leaf.encoding in UUENCODINGS:
+            return iter([self._decode_whole(leaf)])
+        # 7bit, 8bit, binary, and (as the parser does) any unknown encoding.
+        return (bytes(body[at:at + CHUNK_BYTES]) for at in range(0, len(body), CHUNK_BYTES))
 
     def open(self, index: int) -> io.BufferedReader:
         """Return leaf ``index`` decoded as a readable file, for send_file."""
         return io.BufferedReader(_ChunkReader(self.chunks(index)), CHUNK_BYTES)
 
     def _decode_whole(self, leaf: Leaf) -> bytes:
-        # Rare encodings (x-uuencode): the parser decodes this one part.
+        # uuencode is rare and line-framed: the parser decodes this one part.
         part = BytesParser(policy=compat32).parsebytes(
             bytes(memoryview(self.raw)[leaf.start:leaf.body_end]))
         return part_payload(part, self.defects) or b""
