@@ -167,7 +167,11 @@ class Restorer:
         self.archive.control.audit(user.address, "restore.start", job.folder,
                                    job=job.id, count=job.total,
                                    credentials=job.credentials)
-        self.ledger.begin(job)
+        try:
+            self.ledger.begin(job)
+        except BaseException:
+            mailbox.close()
+            raise
         with self._lock:
             self._jobs[job.id] = job
             self._forget_old()
