@@ -183,6 +183,35 @@ CREATE TABLE IF NOT EXISTS exports (
     error       TEXT NOT NULL DEFAULT ''
 );
 """
+# Restores to mailbox (web/restore_jobs.py): each job and the messages
+# that failed, so a job's status outlives the process that ran it.
+SCHEMA += """
+CREATE TABLE IF NOT EXISTS restore_jobs (
+    id            TEXT PRIMARY KEY,
+    user_id       INTEGER NOT NULL REFERENCES users(id),
+    actor         TEXT NOT NULL,
+    folder        TEXT NOT NULL,
+    server_folder TEXT NOT NULL DEFAULT '',
+    state         TEXT NOT NULL DEFAULT 'running' CHECK (state IN
+                  ('running', 'restored', 'partial', 'failed', 'interrupted')),
+    total         INTEGER NOT NULL,
+    restored      INTEGER NOT NULL DEFAULT 0,
+    failed        INTEGER NOT NULL DEFAULT 0,
+    error         TEXT NOT NULL DEFAULT '',
+    started_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    finished_at   TEXT
+);
+CREATE INDEX IF NOT EXISTS restore_jobs_running ON restore_jobs (state)
+    WHERE state = 'running';
+CREATE TABLE IF NOT EXISTS restore_failures (
+    id         INTEGER PRIMARY KEY,
+    job_id     TEXT NOT NULL REFERENCES restore_jobs(id),
+    message_id TEXT NOT NULL,
+    reason     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS restore_failures_by_job ON restore_failures (job_id, id);
+"""
 
 
 class ControlDB:

@@ -41,11 +41,13 @@ ACCOUNTS_MANAGE = "accounts.manage"
 POLICY_MANAGE = "policy.manage"
 KEYS_MANAGE = "keys.manage"
 DISPOSITION_RUN = "disposition.run"
+# The archive's operational view: catalogue coverage and journal sources.
+STATUS_VIEW = "status.view"
 
 CAPABILITIES = (
     MAIL_OWN, MAIL_ANY, CASE_VIEW, CASE_MANAGE, HOLD_PLACE, HOLD_RELEASE,
     EXPORT_RUN, EXPORT_DOWNLOAD, AUDIT_VIEW, ACCOUNTS_MANAGE, POLICY_MANAGE,
-    KEYS_MANAGE, DISPOSITION_RUN,
+    KEYS_MANAGE, DISPOSITION_RUN, STATUS_VIEW,
 )
 
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
@@ -56,7 +58,7 @@ ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
         EXPORT_RUN, EXPORT_DOWNLOAD, AUDIT_VIEW, DISPOSITION_RUN,
     }),
     "admin": frozenset({ACCOUNTS_MANAGE, POLICY_MANAGE, KEYS_MANAGE,
-                        DISPOSITION_RUN, AUDIT_VIEW}),
+                        DISPOSITION_RUN, AUDIT_VIEW, STATUS_VIEW}),
 }
 ROLES = tuple(ROLE_CAPABILITIES)
 

@@ -1,8 +1,8 @@
 """``strongroom user unlock | signout | totp-reset``: an operator's remedies.
 
 Each acts on one account named by address, is audited under the operator
-who ran it, and prints what it did.  There is no administration page yet:
-these commands are the way to unlock an account.
+who ran it, and prints what it did.  The admin page (``web.admin``) offers
+the same remedies through the same functions (``web.account_remedies``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from web.accounts import AccountError, User
 
 def user_unlock(arguments: argparse.Namespace) -> int:
     """Unlock an account locked by failed sign-ins."""
-    from web.lockout import Lockout
+    from web.account_remedies import unlock
 
     control, user = _account(arguments)
-    if Lockout(control, attempts=1).unlock(user.id, user.address, arguments.actor):
+    if unlock(control, user, arguments.actor):
         print(f"Unlocked {user.address}")
     else:
         print(f"{user.address} was not locked")
@@ -27,22 +27,20 @@ def user_unlock(arguments: argparse.Namespace) -> int:
 
 def user_signout(arguments: argparse.Namespace) -> int:
     """End every portal session of an account."""
-    from web.sessions import end_user_sessions
+    from web.account_remedies import sign_out_everywhere
 
     control, user = _account(arguments)
-    ended = end_user_sessions(control, user.id)
-    control.audit(arguments.actor, "sessions.ended", user.address, sessions=ended)
+    ended = sign_out_everywhere(control, user, arguments.actor)
     print(f"Ended {ended} session(s) of {user.address}")
     return 0
 
 
 def user_totp_reset(arguments: argparse.Namespace) -> int:
     """Remove an account's second factor; it may set up a new one."""
-    from web.totp import reset_second_factor
+    from web.account_remedies import reset_totp
 
     control, user = _account(arguments)
-    if reset_second_factor(control, user.id):
-        control.audit(arguments.actor, "totp.reset", user.address)
+    if reset_totp(control, user, arguments.actor):
         print(f"Removed the second factor of {user.address}")
     else:
         print(f"{user.address} had no second factor")

@@ -80,6 +80,9 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
 
     install_guard(app)
     register_ediscovery(app, settings)
+    from web.admin import register as register_admin
+
+    register_admin(app)
     _register_errors(app)
     app.after_request(_security_headers)
     return app

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import re
 import secrets
 from email.parser import BytesHeaderParser
@@ -27,6 +26,7 @@ from indexer.extract import header_text
 from indexer.query import MAX_QUERY_CHARS
 from web.archive import archive
 from web.parts import INLINE_IMAGE_TYPES, MessageParts, download_type
+from web.part_scan import ScannedParts, message_parts, open_part
 from web.render import (FRAME_SANDBOX, frame_document, frame_policy, has_remote_images,
                          sanitize)
 from web.selection import FORMATS, mbox_chunks, read_each, zip_chunks
@@ -71,7 +71,8 @@ def show_message(message_id: str) -> Response:
                 sandbox=FRAME_SANDBOX, shortened=len(raw) > FULL_VIEW_BYTES)
     if page["shortened"]:
         document = archive().catalogue.document(message_id) or {}
-        page.update(text=document.get("preview", ""), files=[], has_html=False,
+        page.update(text=document.get("preview", ""), files=ScannedParts(raw).files(),
+                    has_html=False,
                     has_remote=False, file_names=document.get("filename", ""))
     else:
         parts = MessageParts(raw)
@@ -154,14 +155,14 @@ def _granted_user(message_id: str, index: int):
 def attachment(message_id: str, index: int) -> Response:
     """Download one part of the message as a file, never rendered."""
     raw = archive().open_message(current_user, message_id)
-    parts = MessageParts(raw)
+    parts = message_parts(raw, FULL_VIEW_BYTES)
     if index >= len(parts.leaves):
         raise NotFound("The message has no such part.")
     filename = parts.filename(index)
     archive().control.audit(current_user.address, "download.attachment", message_id,
                             part=index, filename=filename)
     response = send_file(
-        io.BytesIO(parts.content(index)),
+        open_part(parts, index),
         mimetype=download_type(parts.leaves[index].get_content_type()),
         as_attachment=True, download_name=filename, etag=False, conditional=False,
     )

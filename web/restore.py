@@ -9,7 +9,9 @@ administrator (SASL PLAIN with the user as authorization identity, RFC 4616
 section 2).  Ownership is checked again for every message as it is read.
 
 Large restores run in a background thread (a ``RestoreJob``) whose progress
-the portal shows; the outcome of every restore goes to the audit log.
+the portal shows; the outcome of every restore goes to the audit log, and
+every job is written through to the control database (``RestoreLedger``)
+so that its status page still answers after a restart.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from web.accounts import User
 from web.archive import Archive, ArchiveDamaged
 from web.mailbox import (Mailbox, RestoreError, RestoreLoginError, credentials_for,
                          reason_of)
+from web.restore_jobs import RestoreLedger, StoredRestore
 
 __all__ = ["RestoreError", "RestoreJob", "Restorer", "folder_name", "internal_date"]
 
@@ -112,6 +115,17 @@ class RestoreJob:
     def is_running(self) -> bool:
         return not self.done.is_set()
 
+    @property
+    def is_interrupted(self) -> bool:
+        return False
+
+    @property
+    def outcome(self) -> str:
+        """Return how the finished job ended: restored, partial or failed."""
+        if self.error or not self.restored:
+            return "failed"
+        return "partial" if self.failures else "restored"
+
 
 class Restorer:
     """Start restores in the background and keep their progress."""
@@ -123,6 +137,7 @@ class Restorer:
         self._jobs: dict[str, RestoreJob] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(CONCURRENT_JOBS)
+        self.ledger = RestoreLedger(archive.control)
 
     @property
     def is_enabled(self) -> bool:
@@ -152,6 +167,11 @@ class Restorer:
         self.archive.control.audit(user.address, "restore.start", job.folder,
                                    job=job.id, count=job.total,
                                    credentials=job.credentials)
+        try:
+            self.ledger.begin(job)
+        except BaseException:
+            mailbox.close()
+            raise
         with self._lock:
             self._jobs[job.id] = job
             self._forget_old()
@@ -160,11 +180,21 @@ class Restorer:
         worker.start()
         return job
 
-    def job(self, job_id: str, user: User) -> RestoreJob | None:
-        """Return a restore of ``user``'s; another user's is None."""
+    def job(self, job_id: str, user: User) -> RestoreJob | StoredRestore | None:
+        """Return a restore of ``user``'s; another user's is None.
+
+        A job of this process is shown live; an older one, or one this
+        process has forgotten, as the control database remembers it.
+        """
         with self._lock:
             job = self._jobs.get(job_id)
-        return job if job is not None and job.user_id == user.id else None
+        if job is not None:
+            return job if job.user_id == user.id else None
+        return self.ledger.load(job_id, user.id)
+
+    def recover(self) -> list[StoredRestore]:
+        """Mark the jobs an earlier process left running as interrupted."""
+        return self.ledger.interrupt_unfinished()
 
     def _forget_old(self) -> None:
         finished = sorted((job for job in self._jobs.values() if not job.is_running),
@@ -184,7 +214,17 @@ class Restorer:
             mailbox.close()
             job.finished_at = now()
             self._audit_outcome(job)
+            self._record(job, final=True)
             job.done.set()
+
+    def _record(self, job: RestoreJob, *, final: bool = False) -> None:
+        # The database copy is for after a restart; a failure to write it
+        # must not stop the restore that is running now.
+        try:
+            self.ledger.progress(job, state=job.outcome if final else "running")
+        except Exception:
+            log.exception("restore %s: its progress could not be recorded", job.id,
+                          extra={"event": "restore.record_failed"})
 
     def _restore(self, job: RestoreJob, user: User, mailbox: Mailbox) -> None:
         try:
@@ -203,6 +243,7 @@ class Restorer:
                           or sum(len(raw) for _, raw, _ in ready) >= BATCH_BYTES):
                 self._append(job, mailbox, folder, ready)
                 ready = []
+                self._record(job)
             if mailbox.client is None:
                 job.failures.extend((rest, "not attempted: the connection was lost")
                                     for rest in job.message_ids[index + 1:])
@@ -259,8 +300,7 @@ class Restorer:
         return None
 
     def _audit_outcome(self, job: RestoreJob) -> None:
-        outcome = "failed" if job.error or not job.restored else (
-            "partial" if job.failures else "restored")
+        outcome = job.outcome
         failed = {message_id for message_id, _ in job.failures}
         self.archive.control.audit(
             job.actor, "restore", job.server_folder or job.folder, job=job.id, outcome=outcome,

@@ -36,6 +36,8 @@ def init_restore(app: Flask, settings: Settings) -> None:
     app.extensions["strongroom.restore"] = Restorer(
         app.extensions["strongroom"], settings.restore, settings.home)
     app.register_blueprint(restoring)
+    # A job left running by the previous process will never finish.
+    app.extensions["strongroom.restore"].recover()
 
     @app.context_processor
     def restore_offered() -> dict[str, bool]:

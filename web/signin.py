@@ -23,6 +23,7 @@ from vault.config import Settings
 from vault.control import ControlDB
 from web.accounts import Accounts, User
 from web.lockout import Lockout, audited_address
+from web.next_page import safe_next
 from web.passwords import PasswordBook, PasswordPolicy
 from web.sessions import ServerSessions, end_session, start_session
 from web.totp import SecondFactor
@@ -80,7 +81,7 @@ def install_accounts(app: Flask, settings: Settings, control: ControlDB,
 def sign_in_page():
     """Show the sign-in form, or check a posted password."""
     if current_user.is_authenticated:
-        return redirect(url_for("portal.search"))
+        return redirect(requested_next() or url_for("portal.search"))
     if request.method != "POST":
         return render_template("login.html", address="")
     address = request.form.get("address", "").strip()
@@ -92,9 +93,11 @@ def sign_in_page():
         flash(FAILURE_MESSAGE)
         return render_template("login.html", address=address), 401
     if services().factor.is_enabled(user.id):
+        wanted = requested_next()
         session.clear()
         start_session()
-        session["pending"] = {"user_id": user.id, "since": clock.now().isoformat()}
+        session["pending"] = {"user_id": user.id, "since": clock.now().isoformat(),
+                              "next": wanted}
         return redirect(url_for("account.code"))
     return complete_sign_in(user, second_factor=False)
 
@@ -115,6 +118,7 @@ def complete_sign_in(user: User, *, second_factor: bool):
     """Start the signed-in session and send the user to their first page."""
     account = services()
     account.lockout.succeed(user.id)
+    wanted = requested_next()
     session.clear()
     start_session()
     login_user(user)
@@ -125,6 +129,8 @@ def complete_sign_in(user: User, *, second_factor: bool):
         obligations.append("totp")
     if obligations:
         session["obligations"] = obligations
+    if wanted:
+        session["next"] = wanted
     account.control.audit(user.address, "login", peer=request.remote_addr,
                           second_factor=second_factor, obligations=obligations)
     return redirect(next_page())
@@ -144,7 +150,21 @@ def next_page() -> str:
     obligations = session.get("obligations") or []
     if obligations:
         return url_for(OBLIGATION_PAGES[obligations[0]])
-    return url_for("portal.search")
+    return safe_next(session.pop("next", None)) or url_for("portal.search")
+
+
+def requested_next() -> str | None:
+    """Return the page the reader was going to, if it is on this site.
+
+    The sign-in form posts back to its own URL, so ``next`` is in the
+    query string; after a password, it waits in the pending session for
+    the second factor.
+    """
+    pending = session.get("pending")
+    wanted = request.args.get("next") or request.form.get("next")
+    if not wanted and isinstance(pending, dict):
+        wanted = pending.get("next")
+    return safe_next(wanted)
 
 
 def sign_out():
