@@ -72,8 +72,8 @@ class _EmptyCatalogue:
     def document(self, message_id: str) -> dict[str, Any] | None:
         return None
 
-    def ids(self) -> set[str]:
-        return set()
+    def count(self) -> int:
+        return 0
 
 
 def message(rng: random.Random, number: int) -> tuple[bytes, list[str]]:

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import zipfile
-from collections.abc import Iterator
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from pathlib import Path
 from typing import Any
 
 from flask import (Blueprint, Flask, Response, current_app, flash, redirect,
-                   render_template, request, send_file, url_for)
+                   render_template, request, url_for)
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
 from indexer import QueryError
@@ -172,14 +168,7 @@ def show(name: str, preview: Any = None, previewed: str = "") -> Any:
 def _finished_files(job: dict[str, Any]) -> list[str]:
     """List what a member can download: the top-level files, and each
     volume of natives as one zip made as it is sent."""
-    folder = Path(job["path"])
-    if job["state"] != "done" or not folder.is_dir():
-        return []
-    files = sorted(path.name for path in folder.iterdir() if path.is_file())
-    natives = folder / "NATIVES"
-    if natives.is_dir():
-        files += sorted(f"NATIVES/{path.name}.zip" for path in natives.iterdir())
-    return files
+    return _exporter(_cases()).files(job)
 
 
 @cases_pages.post("/cases/<name>/searches")
@@ -298,51 +287,14 @@ def resume(name: str, job: int) -> Any:
 @requires(EXPORT_DOWNLOAD)
 def download(name: str, job: int, relative: str) -> Any:
     cases, case = _case(name)
-    natives = re.fullmatch(r"NATIVES/(VOL[0-9]{4})\.zip", relative)
     try:
-        path = _exporter(cases).download_path(
-            case, job, relative.removesuffix(".zip") if natives else relative,
-            principal(), folder=bool(natives))
+        sent = _exporter(cases).download(case, job, relative, principal())
     except ExportError:
         raise NotFound("No such export file.") from None
-    if natives:
-        return Response(_zipped(path), mimetype="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="{natives.group(1)}.zip"'})
-    return send_file(path, as_attachment=True, download_name=path.name)
-
-
-class _Chunks(io.RawIOBase):
-    """A write-only sink that hands over what was written since last asked."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def drain(self) -> bytes:
-        taken = b"".join(self.chunks)
-        self.chunks.clear()
-        return taken
-
-
-def _zipped(directory: Path) -> Iterator[bytes]:
-    """Stream a zip of ``directory``, one file in memory at a time.
-
-    The sink cannot seek, so zipfile writes each member's sizes after its
-    data (a data descriptor), which every unzip tool reads.
-    """
-    sink = _Chunks()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(directory).as_posix())
-                yield sink.drain()
-    yield sink.drain()
+    headers = {"Content-Disposition": f'attachment; filename="{sent.name}"'}
+    if sent.size is not None:
+        headers["Content-Length"] = str(sent.size)
+    return Response(sent.chunks, mimetype=sent.mimetype, headers=headers)
 
 
 @cases_pages.get("/audit")
