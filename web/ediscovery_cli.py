@@ -111,12 +111,13 @@ def _acting(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _auditing_refusals(function: Callable[[argparse.Namespace], int]
                        ) -> Callable[[argparse.Namespace], int]:
     """Record a refused command in the audit trail, then let it fail."""
+    from vault.approvals import ApprovalError
     from vault.roles import PermissionDeniedError
 
     def run(arguments: argparse.Namespace) -> int:
         try:
             return function(arguments)
-        except PermissionDeniedError as err:
+        except (PermissionDeniedError, ApprovalError) as err:
             settings, control = _open(arguments)
             control.audit(arguments.actor.lower(), "denied",
                           " ".join(sys.argv[1:3]) or function.__name__, reason=str(err),
