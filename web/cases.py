@@ -94,6 +94,7 @@ def _case(name: str) -> tuple[Cases, Case]:
 @requires(MAIL_ANY)
 def search() -> Any:
     query = request.args.get("q", "").strip()
+    purpose = _purpose()
     hits, error, total = [], None, 0
     if query:
         try:
@@ -111,13 +112,26 @@ def search() -> Any:
                              "from": document.get("from", ""), "date": document.get("date"),
                              "owners": owners})
         archive().control.audit(principal().address, "search", query=query, total=total,
-                                scope="all mailboxes")
+                                scope="all mailboxes", **purpose)
     hits.sort(key=lambda hit: str(hit["date"] or ""), reverse=True)
     holds = Holds(archive().control, archive().vault.store)
     for hit in hits:
         hit["held"] = holds.is_held(f"{MESSAGES}/{hit['id']}")
     return render_template("ediscovery_search.html", query=query, hits=hits, total=total,
-                           error=error, limit=SEARCH_LIMIT)
+                           error=error, limit=SEARCH_LIMIT, case_name=purpose.get("case"))
+
+
+def _purpose() -> dict[str, str]:
+    """Return the case a cross-mailbox read is for (``?case=``), checked.
+
+    Reading across mailboxes needs no case: that is how a case is built
+    (docs/ediscovery.md, "Reading outside a case").  A read made for a
+    case says so in the audit trail, and only a member may claim the case.
+    """
+    name = request.args.get("case", "").strip()
+    if not name:
+        return {}
+    return {"case": _case(name)[1].name}
 
 
 @cases_pages.get("/ediscovery/messages/<message_id>")
@@ -127,8 +141,10 @@ def message(message_id: str) -> Any:
     owners = owners_of(document or {})
     if document is None or not in_scope(principal(), owners):
         refuse(MAIL_ANY, NotFound, message_id)
+    purpose = _purpose()
     raw = archive().vault.read_message(f"{MESSAGES}/{message_id}")
-    archive().control.audit(principal().address, "view", message_id, scope="all mailboxes")
+    archive().control.audit(principal().address, "view", message_id, scope="all mailboxes",
+                            **purpose)
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:1024 * 1024])
     summary = [(name, header_text(headers, name)) for name in SUMMARY_HEADERS
                if headers.get(name) is not None]
@@ -301,10 +317,11 @@ def download(name: str, job: int, relative: str) -> Any:
 @requires(AUDIT_VIEW)
 def audit() -> Any:
     from vault.audit import verify_chain
+    from vault.audit_redaction import redact
 
     filters = {name: request.args.get(name, "").strip()
                for name in ("actor", "action", "case", "since", "until")}
-    events = _audit_events(filters)
+    events = [redact(event, principal()) for event in _audit_events(filters)]
     archive().control.audit(principal().address, "audit.viewed",
                             filters={k: v for k, v in filters.items() if v},
                             csv=request.args.get("format") == "csv")
@@ -326,8 +343,9 @@ def _audit_events(filters: dict[str, str]) -> list[dict[str, Any]]:
             parameters.append(value)
     if filters["case"]:
         # Case events name the case as target; hold events name "case:<case>:...".
-        clauses.append("(target = ? OR target LIKE ?)")
-        parameters += [filters["case"], f"case:{filters['case']}:%"]
+        # Reads made for a case carry it in their detail.
+        clauses.append("(target = ? OR target LIKE ? OR json_extract(detail, '$.case') = ?)")
+        parameters += [filters["case"], f"case:{filters['case']}:%", filters["case"]]
     query = "SELECT * FROM audit"
     if clauses:
         query += " WHERE " + " AND ".join(clauses)
