@@ -152,6 +152,10 @@ class Exporter:
         recorded once the last match was read.
         """
         require(actor, EXPORT_RUN)
+        base = str(destination) if destination else self.export_base
+        if base.startswith(S3_SCHEME) and self.s3_client is None:
+            raise ExportError(f"{base}: exporting to S3 needs ediscovery.export_kind = "
+                              "'s3' and its settings")
         with self.control.connect() as connection:
             job = connection.execute(
                 "INSERT INTO exports (case_id, search_id, format, path, total, operator,"
@@ -160,7 +164,6 @@ class Exporter:
                  now().isoformat())).lastrowid
             assert job is not None
             name = f"export-{job:06d}-{search.name}-{format}"
-            base = str(destination) if destination else self.export_base
             if base.startswith(S3_SCHEME):
                 uri = f"{base.rstrip('/')}/{case.name}/{name}/"
             else:
@@ -279,7 +282,7 @@ class Exporter:
             raise ExportError(f"no finished export {job} in case {case.name}")
         location = self.location(row["path"])
         natives = re.fullmatch(r"NATIVES/(VOL[0-9]{4})\.zip", relative)
-        if natives and location.listing(relative.removesuffix(".zip"))[0:2] != ([], []):
+        if natives and any(location.listing(relative.removesuffix(".zip"))):
             chunks = stream_zip(location, relative.removesuffix(".zip"))
             sent = Download(f"{natives.group(1)}.zip", None, "application/zip", chunks)
         else:
