@@ -135,6 +135,9 @@ def test_verify_export_detects_an_edited_manifest_or_custody_record(home, tmp_pa
 def test_verify_export_pins_the_archives_key(home, tmp_path, capsys):
     export(home, tmp_path / "out")
     fingerprint = capsys.readouterr().out.split("fingerprint: ")[1].split()[0]
+    # What the operator publishes is what the export was signed with.
+    assert strongroom(["export-key", "--home", str(home)]) == 0
+    assert capsys.readouterr().out.strip() == fingerprint
     folder = only_export(tmp_path / "out")
     assert verify_export(folder, "--fingerprint", fingerprint)[0] == 0
     status, output = verify_export(folder, "--fingerprint", "SHA256:" + "0" * 64)
