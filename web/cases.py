@@ -125,7 +125,7 @@ def _purpose() -> dict[str, str]:
     """Return the case a cross-mailbox read is for (``?case=``), checked.
 
     Reading across mailboxes needs no case: that is how a case is built
-    (docs/ediscovery.md, "Reading outside a case").  A read made for a
+    (docs/ediscovery.md, "Compliance reads outside a case").  A read for a
     case says so in the audit trail, and only a member may claim the case.
     """
     name = request.args.get("case", "").strip()
