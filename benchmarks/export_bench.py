@@ -11,7 +11,8 @@ Issue #6 asks for these figures, from one run on one machine:
 2. The same for the mbox and DAT (Concordance load file + natives)
    formats at the smaller size.
 3. Peak resident memory (ru_maxrss) of the process running each export,
-   at two sizes, N/10 and N: bounded means the two are about the same.
+   at two sizes, N/10 and N (or those --sizes names): bounded means they
+   are about the same.
 
 Each measurement runs in a fresh child process, so that its peak RSS is
 its own; the bare copy and each export are run twice, interleaved, and
@@ -23,7 +24,8 @@ search would hand them.  MB is 10^6 bytes; memory is in MiB.
 
 Run from the repository root::
 
-    python -m benchmarks.export_bench [--quick] [--messages N] [--json PATH]
+    python -m benchmarks.export_bench [--quick] [--messages N] [--sizes N,N,...]
+                                      [--json PATH]
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class _EmptyCatalogue:
     def document(self, message_id: str) -> dict[str, Any] | None:
         return None
 
-    def ids(self) -> set[str]:
-        return set()
+    def count(self) -> int:
+        return 0
 
 
 def message(rng: random.Random, number: int) -> tuple[bytes, list[str]]:
@@ -239,6 +241,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_MESSAGES} messages instead of {FULL_MESSAGES}")
     parser.add_argument("--messages", type=int, help="the larger export size")
+    parser.add_argument("--sizes", metavar="N,N,...",
+                        help="export sizes to measure (default: N/10 and N); the "
+                             "peak RSS at each shows whether memory depends on size")
     parser.add_argument("--json", metavar="PATH", help="also write every figure here")
     parser.add_argument("--tmp-dir", metavar="DIR", help="scratch space (default: system)")
     parser.add_argument("--child", choices=("bare", "export"), help=argparse.SUPPRESS)
@@ -251,7 +256,11 @@ def main() -> int:
         return 0
 
     large = arguments.messages or (QUICK_MESSAGES if arguments.quick else FULL_MESSAGES)
-    small = max(1, large // 10)
+    sizes = [max(1, large // 10), large]
+    if arguments.sizes:
+        sizes = sorted({int(size) for size in arguments.sizes.split(",")})
+        large = sizes[-1]
+    small = sizes[0]
     scratch = Path(tempfile.mkdtemp(prefix="strongroom-export-bench-", dir=arguments.tmp_dir))
     try:
         started = time.perf_counter()
@@ -259,7 +268,7 @@ def main() -> int:
         print(f"sealed {large} messages ({total / 1e6:.0f} MB) in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
         rows = []
-        for count in (small, large):
+        for count in sizes:
             bare, exported = measure_pair(scratch / "archive", count, scratch)
             rows += [bare, exported]
             print_rows([bare, exported], bare)
@@ -269,8 +278,8 @@ def main() -> int:
             rows.append(row)
             print_rows([row], rows[0])
         rss = {row.messages: row.max_rss_mib for row in rows if row.what == "export zip"}
-        print(f"peak RSS of the zip export: {rss[small]:.0f} MiB at {small} messages, "
-              f"{rss[large]:.0f} MiB at {large} messages")
+        print("peak RSS of the zip export: " + ", ".join(
+            f"{rss[count]:.0f} MiB at {count} messages" for count in sizes))
         if arguments.json:
             Path(arguments.json).write_text(json.dumps(
                 [dataclasses.asdict(row) | {"messages_per_second": row.messages_per_second,

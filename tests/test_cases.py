@@ -8,7 +8,7 @@ import pytest
 
 from indexer.catalogue import Catalogue
 from tests.ediscovery import audit_actions, deliver, make_home, person
-from vault.approvals import ApprovalError
+from vault.approvals import ApprovalError, pending
 from vault.case_holds import CaseHolds
 from vault.cases import CaseError, Cases
 from vault.config import load
@@ -110,7 +110,12 @@ def test_two_person_release_needs_a_second_different_person(home):
         holds.approve(request, comp)
     with pytest.raises(PermissionDeniedError):
         holds.approve(request, person(home, "aud@example.com"))
+    # comp2 holds hold.release but is no member of the case.
+    with pytest.raises(ApprovalError, match="not a member of its case"):
+        holds.approve(request, comp2)
     assert holds.active_holds(case)
+    assert [r.state for r in pending(cases.control)] == ["pending"]
+    cases.add_member(case, "comp2@example.com", comp)
     holds.approve(request, comp2)
     assert not holds.active_holds(case)
     with pytest.raises(ApprovalError, match="already executed"):
@@ -214,3 +219,23 @@ def test_narrowing_an_officers_scope_closes_cases_beyond_it(home):
     with pytest.raises(CaseError, match="no case named"):
         cases.get("kestrel", narrowed)
     assert cases.visible(narrowed) == []
+
+
+def test_an_approver_outside_the_case_is_refused_on_the_command_line(
+        tmp_path, monkeypatch, capsys):
+    # A second approver must be a member of the case whose hold they
+    # release: holding the capability is not enough.
+    home = make_home(tmp_path, monkeypatch, config="[ediscovery]\ntwo_person_release = true\n")
+    first = ["--home", str(home), "--actor", "comp@example.com"]
+    strongroom(["case", "create", "kestrel", "--custodian", "bob@example.com", *first])
+    strongroom(["case", "add-search", "kestrel", "merger", "--query", "merger", *first])
+    strongroom(["case", "hold", "kestrel", "merger", *first])
+    strongroom(["case", "release", "kestrel", *first])
+    request = capsys.readouterr().out.split("Request ")[1].split()[0]
+    assert strongroom(["approve", request, "--home", str(home),
+                       "--actor", "comp2@example.com"]) == 2
+    assert "comp2@example.com is not a member of its case" in capsys.readouterr().err
+    cases, holds, _ = services(home)
+    case = cases.get("kestrel", person(home, "comp@example.com"))
+    assert holds.active_holds(case)
+    assert audit_actions(home, "comp2@example.com") == ["denied"]

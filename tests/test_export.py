@@ -44,11 +44,13 @@ def only_export(destination):
     return folder
 
 
-def verify_export(folder, *extra):
+def verify_export(folder, *extra, stderr=False):
     # A separate process with no home at all: the folder is all it has.
     completed = subprocess.run(
         [sys.executable, "-m", "web.cli", "verify-export", str(folder), *extra],
         capture_output=True, text=True, timeout=120, cwd=REPOSITORY)
+    if stderr:
+        return completed.returncode, completed.stdout, completed.stderr
     return completed.returncode, completed.stdout
 
 
@@ -133,10 +135,56 @@ def test_verify_export_detects_an_edited_manifest_or_custody_record(home, tmp_pa
 def test_verify_export_pins_the_archives_key(home, tmp_path, capsys):
     export(home, tmp_path / "out")
     fingerprint = capsys.readouterr().out.split("fingerprint: ")[1].split()[0]
+    # What the operator publishes is what the export was signed with.
+    assert strongroom(["export-key", "--home", str(home)]) == 0
+    assert capsys.readouterr().out.strip() == fingerprint
     folder = only_export(tmp_path / "out")
     assert verify_export(folder, "--fingerprint", fingerprint)[0] == 0
     status, output = verify_export(folder, "--fingerprint", "SHA256:" + "0" * 64)
     assert status == 1 and "is not the archive's" in output
+
+
+def test_a_folder_resigned_with_a_fresh_key_passes_only_with_a_warning(home, tmp_path,
+                                                                      capsys):
+    # Without a pinned fingerprint the signature proves consistency, not
+    # origin: verify-export says so, and --require-fingerprint refuses.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vault.custody import fingerprint, public_pem, sign
+
+    export(home, tmp_path / "out")
+    archive_key = capsys.readouterr().out.split("fingerprint: ")[1].split()[0]
+    folder = only_export(tmp_path / "out")
+    (folder / "planted.eml").write_bytes(b"Subject: not from the archive\r\n\r\nhi\r\n")
+    _resign(folder, Ed25519PrivateKey.generate(), fingerprint, public_pem, sign)
+
+    status, output, warning = verify_export(folder, stderr=True)
+    assert status == 0 and "export intact" in output
+    assert "authenticity NOT checked" in warning and "--fingerprint" in warning
+    status, _, warning = verify_export(folder, "--require-fingerprint", stderr=True)
+    assert status == 3 and "authenticity NOT checked" in warning
+    status, output = verify_export(folder, "--fingerprint", archive_key)
+    assert status == 1 and "is not the archive's" in output
+    status, _, warning = verify_export(folder, "--fingerprint", archive_key,
+                                       "--require-fingerprint", stderr=True)
+    assert status == 1 and "NOT checked" not in warning
+
+
+def _resign(folder, key, fingerprint, public_pem, sign):
+    """Rewrite the manifest and custody record as a forger would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    planted = (folder / "planted.eml").read_bytes()
+    manifest["files"].append({"path": "planted.eml", "size": len(planted),
+                              "sha256": hashlib.sha256(planted).hexdigest()})
+    body = json.dumps(manifest).encode()
+    (folder / "manifest.json").write_bytes(body)
+    custody = json.loads((folder / "custody.json").read_text())
+    custody["manifest_sha256"] = hashlib.sha256(body).hexdigest()
+    custody["signing_key"]["fingerprint"] = fingerprint(key.public_key())
+    record = json.dumps(custody).encode()
+    (folder / "custody.json").write_bytes(record)
+    (folder / "custody.sig").write_bytes(sign(key, record))
+    (folder / "export-signing-key.pub").write_bytes(public_pem(key))
 
 
 def test_mbox_export_is_mboxrd_and_each_item_verifies(home, tmp_path):

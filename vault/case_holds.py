@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vault.approvals import HOLD_RELEASE, Request, approving, file_request
+from vault.approvals import (HOLD_RELEASE, ApprovalError, Request, approving,
+                             file_request)
 from vault.cases import FUTURE, Case, CaseError, Cases, SavedSearch
 from vault.control import ControlDB
 from vault.holds import Holds
@@ -94,6 +95,16 @@ class CaseHolds:
             case = self.cases.named(name)
             if case is None:
                 raise CaseError(f"no case named {name!r}")
+            # The second person judges this case's release, so they must be
+            # able to see the case: a member, like every other case action
+            # (docs/ediscovery.md, "Who may approve").  The case is not
+            # named, as "no case" is not for a non-member elsewhere.
+            try:
+                self.cases.get(name, approver)
+            except CaseError:
+                raise ApprovalError(
+                    f"request {request_id}: {approver.address} is not a member of its "
+                    "case; a case manager can add them first") from None
             self._release_now(case, approver.address, requested_by=request.requested_by)
         return request
 

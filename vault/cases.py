@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,7 +42,7 @@ class CatalogueView(Protocol):
 
     def document(self, message_id: str) -> dict[str, Any] | None: ...
 
-    def ids(self) -> set[str]: ...
+    def count(self) -> int: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +215,7 @@ class Cases:
                              actor.address, now().isoformat(), {})
         if not search.text:
             raise CaseError("a saved search needs a query or a date scope")
-        self._matching(case, search)  # a query that cannot be read fails here
+        next(self._matching(case, search), None)  # an unreadable query fails here
         with self.control.connect() as connection:
             if connection.execute("SELECT 1 FROM case_searches WHERE case_id = ? AND name = ?",
                                   (case.id, name)).fetchone():
@@ -254,15 +254,30 @@ class Cases:
         Returns the matches in message-id order, so that two runs against
         the same catalogue state list the same messages in the same order.
         """
+        return list(self.stream(case, search, actor))
+
+    def stream(self, case: Case, search: SavedSearch, actor: Principal) -> Iterator[Match]:
+        """Yield what ``run`` returns one match at a time (for exports).
+
+        The catalogue state is taken before the first match and recorded,
+        with the count, after the last: a caller that stops early records
+        nothing.
+        """
         require(actor, MAIL_ANY)
         state = self.catalogue_state()
-        matches = self._matching(case, search)
-        matches = [match for match in matches if in_scope(actor, match.custodians)]
-        state["matched"] = len(matches)
+        return self._stream(case, search, actor, state)
+
+    def _stream(self, case: Case, search: SavedSearch, actor: Principal,
+                state: dict[str, Any]) -> Iterator[Match]:
+        matched = 0
+        for match in self._matching(case, search):
+            if in_scope(actor, match.custodians):
+                matched += 1
+                yield match
+        state["matched"] = matched
         with self.control.connect() as connection:
             connection.execute("UPDATE case_searches SET state = ? WHERE id = ?",
                                (json.dumps(state, sort_keys=True), search.id))
-        return matches
 
     def preview(self, case: Case, search: SavedSearch, actor: Principal,
                 sample: int = 10) -> Preview:
@@ -293,22 +308,24 @@ class Cases:
             cursor = path.read_text("ascii").strip()
         except FileNotFoundError:
             cursor = ""
-        return {"documents": len(self.catalogue.ids()), "cursor": cursor,
+        return {"documents": self.catalogue.count(), "cursor": cursor,
                 "at": now().isoformat()}
 
-    def _matching(self, case: Case, search: SavedSearch) -> list[Match]:
+    def _matching(self, case: Case, search: SavedSearch) -> Iterator[Match]:
         scope = set(search.custodians or case.custodians)
-        matches = []
-        for message_id in sorted(self.catalogue.matching_ids(search.text)):
+        # TODO(#7): the engines return every matching id at once (about
+        # 120 bytes each); paging them would make a search's memory
+        # independent of its size too.  Everything after is one at a time.
+        found = self.catalogue.matching_ids(search.text)
+        found.sort()
+        for message_id in found:
             document = self.catalogue.document(message_id) or {}
             owners = owners_of(document)
             custodians = tuple(sorted(scope & set(owners))) if scope else tuple(owners)
             if scope and not custodians:
                 continue
-            matches.append(Match(message_id, custodians,
-                                 tuple(document.get("receipts", ())),
-                                 int(document.get("size") or 0)))
-        return matches
+            yield Match(message_id, custodians, tuple(document.get("receipts", ())),
+                        int(document.get("size") or 0))
 
     def _check_scope(self, actor: Principal, mailboxes: list[str]) -> None:
         for mailbox in mailboxes:

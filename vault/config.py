@@ -147,6 +147,11 @@ class EdiscoverySettings:
     signing_key_file: str = "keys/export-signing.pem"
     volume_messages: int = 10_000
     preview_sample: int = 10
+    export_kind: str = "local"
+    export_bucket: str = ""
+    export_prefix: str = ""
+    export_endpoint_url: str = ""
+    export_region: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +305,27 @@ def _validate_ediscovery(ediscovery: EdiscoverySettings) -> None:
     if not 0 <= ediscovery.preview_sample <= 1000:
         raise ConfigError(f"setting ediscovery.preview_sample = "
                           f"{ediscovery.preview_sample!r}: expected 0 to 1000")
+    _validate_export_location(ediscovery)
+
+
+def _validate_export_location(ediscovery: EdiscoverySettings) -> None:
+    if ediscovery.export_kind not in ("local", "s3"):
+        raise ConfigError(f"setting ediscovery.export_kind = {ediscovery.export_kind!r}: "
+                          "expected 'local' or 's3'")
+    if ediscovery.export_kind != "s3":
+        return
+    bucket = ediscovery.export_bucket
+    if not bucket:
+        raise ConfigError("setting ediscovery.export_bucket: required when "
+                          "ediscovery.export_kind = 's3'")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(f"setting ediscovery.export_bucket = {bucket!r}: not a valid "
+                          "S3 bucket name")
+    if not re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*/?)*", ediscovery.export_prefix):
+        raise ConfigError(f"setting ediscovery.export_prefix = {ediscovery.export_prefix!r}:"
+                          " expected names of letters, digits, '.', '_' or '-' separated "
+                          "by '/'")
+    _check_url("ediscovery.export_endpoint_url", ediscovery.export_endpoint_url)
 
 
 def _validate_receiver(receiver: ReceiverSettings) -> None:

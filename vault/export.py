@@ -1,14 +1,18 @@
 """Evidence exports: what a case's saved search found, streamed to a folder.
 
 An export is a job.  Starting it runs the search once and freezes the
-result in the folder (``.work/items.jsonl``), so that the export is of
-exactly what the search found at that catalogue state, whatever arrives
-later.  Running it writes the items in *volumes* of a fixed number of
-messages; each volume is written under a temporary name, fsync'd and
-renamed, then its record (``.work/VOLnnnn.json``) is written.  A job
-interrupted by a crash or restart resumes at the first volume without a
-record, so at most one volume is written twice.  Memory holds one message
-and one volume's records at a time, whatever the export's size.
+result in the job's work folder (``.work/items.jsonl``), so that the
+export is of exactly what the search found at that catalogue state,
+whatever arrives later.  Running it writes the items in *volumes* of a
+fixed number of messages to the export's location (a folder, or an S3
+prefix: ``vault.export_locations``); once a volume is durable its record
+(``.work/VOLnnnn.jsonl``: each item's manifest entry and each file's
+SHA-256) is renamed into place.  A job interrupted by a crash or restart
+resumes at the first volume without a record, so at most one volume is
+written twice.  The manifest is streamed from the records and hashed as
+it is written.  Memory holds one item, one message and (on S3) one upload
+part at a time, whatever the export's size; the work folder is always
+local.
 
 Layout of a finished export folder (see ``vault.custody`` for the control
 files)::
@@ -22,15 +26,19 @@ files)::
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import logging
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vault import VaultError
 from vault.cases import Case, Cases, Match, SavedSearch
@@ -39,6 +47,9 @@ from vault.config import Settings
 from vault.control import ControlDB
 from vault.custody import (CUSTODY, MANIFEST, PUBLIC_KEY, SIGNATURE, fingerprint,
                            public_pem, sign, signing_key)
+from vault.export_locations import (S3_SCHEME, ExportLocation, HashingFile,
+                                    LocationError, WrittenFile, open_location,
+                                    stream_zip)
 from vault.ingest import Vault
 from vault.roles import EXPORT_DOWNLOAD, EXPORT_RUN, Principal, require
 from vault.volumes import WRITERS, Writer, durable, volume_name
@@ -60,21 +71,41 @@ class ExportResult:
     """What a finished export holds."""
 
     job: int
-    path: Path
+    path: str
     messages: int
     bytes: int
     fingerprint: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Download:
+    """One export file on its way to a member: name, size if known, chunks."""
+
+    name: str
+    size: int | None
+    mimetype: str
+    chunks: Iterator[bytes]
+
+
 class Exporter:
-    """Start, run and resume export jobs for one archive."""
+    """Start, run and resume export jobs for one archive.
+
+    ``export_base`` is where new exports go: a folder, or ``s3://BUCKET/
+    PREFIX`` with ``s3_client`` making the clients.  ``export_root`` is a
+    local folder in every case: an S3 export keeps its work records there
+    (``export_root/CASE/export-.../.work``) until it is finished.
+    """
 
     def __init__(self, control: ControlDB, cases: Cases, vault: Vault, *,
-                 export_root: Path, key_path: Path, volume_messages: int) -> None:
+                 export_root: Path, key_path: Path, volume_messages: int,
+                 export_base: str = "", s3_client: Callable[[], Any] | None = None
+                 ) -> None:
         self.control = control
         self.cases = cases
         self.vault = vault
         self.export_root = Path(export_root)
+        self.export_base = export_base or str(self.export_root)
+        self.s3_client = s3_client
         self.key_path = Path(key_path)
         self.volume_messages = volume_messages
 
@@ -84,27 +115,47 @@ class Exporter:
         """Return an exporter configured by the ``[ediscovery]`` settings."""
         from vault.ingest import open_vault
 
+        ediscovery = settings.ediscovery
+        base, client = "", None
+        if ediscovery.export_kind == "s3":
+            base = f"{S3_SCHEME}{ediscovery.export_bucket}/{ediscovery.export_prefix}"
+
+            def client() -> Any:
+                from vault.s3store import s3_client
+
+                return s3_client(ediscovery.export_endpoint_url or None,
+                                 ediscovery.export_region or settings.store.region or None)
+
         return cls(control, cases, vault or open_vault(settings),
-                   export_root=settings.path(settings.ediscovery.export_path),
-                   key_path=settings.path(settings.ediscovery.signing_key_file),
-                   volume_messages=settings.ediscovery.volume_messages)
+                   export_root=settings.path(ediscovery.export_path),
+                   key_path=settings.path(ediscovery.signing_key_file),
+                   volume_messages=ediscovery.volume_messages,
+                   export_base=base, s3_client=client)
 
     def start(self, case: Case, search: SavedSearch, actor: Principal, format: str,
               destination: str | Path | None = None) -> int:
-        """Run the search, freeze its result in a new folder; return the job id."""
+        """Run the search, freeze its result in a new job; return the job id."""
         require(actor, EXPORT_RUN)
         if format not in FORMATS:
             raise ExportError(f"unknown export format {format!r}; choose from "
                               + ", ".join(FORMATS))
-        matches = self.cases.run(case, search, actor)
-        state = self.cases.search(case, search.name).state
-        return self.create_job(case, search, matches, state, actor, format, destination)
+        matches = self.cases.stream(case, search, actor)
+        return self.create_job(case, search, matches, None, actor, format, destination)
 
     def create_job(self, case: Case, search: SavedSearch, matches: Iterable[Match],
-                   state: dict[str, Any], actor: Principal, format: str,
+                   state: dict[str, Any] | None, actor: Principal, format: str,
                    destination: str | Path | None = None) -> int:
-        """Freeze ``matches`` (a search's result at ``state``) as a new job."""
+        """Freeze ``matches`` (a search's result at ``state``) as a new job.
+
+        ``matches`` is read once, one at a time, straight to the job's
+        items file.  With ``state`` None it is the state the search
+        recorded once the last match was read.
+        """
         require(actor, EXPORT_RUN)
+        base = str(destination) if destination else self.export_base
+        if base.startswith(S3_SCHEME) and self.s3_client is None:
+            raise ExportError(f"{base}: exporting to S3 needs ediscovery.export_kind = "
+                              "'s3' and its settings")
         with self.control.connect() as connection:
             job = connection.execute(
                 "INSERT INTO exports (case_id, search_id, format, path, total, operator,"
@@ -112,16 +163,22 @@ class Exporter:
                 (case.id, search.id, format, actor.address,
                  now().isoformat())).lastrowid
             assert job is not None
-            base = Path(destination) if destination else self.export_root / case.name
-            folder = base / f"export-{job:06d}-{search.name}-{format}"
-            connection.execute("UPDATE exports SET path = ? WHERE id = ?", (str(folder), job))
-        work = folder / WORK
+            name = f"export-{job:06d}-{search.name}-{format}"
+            if base.startswith(S3_SCHEME):
+                uri = f"{base.rstrip('/')}/{case.name}/{name}/"
+            else:
+                uri = str(Path(destination) / name if destination
+                          else self.export_root / case.name / name)
+            connection.execute("UPDATE exports SET path = ? WHERE id = ?", (uri, job))
+        work = self._work(uri)
         work.mkdir(parents=True, exist_ok=False)
         total = 0
         with durable(work / "items.jsonl") as handle:
             for match in matches:
                 handle.write(json.dumps(dataclasses.asdict(match), sort_keys=True) + "\n")
                 total += 1
+        if state is None:
+            state = self.cases.search(case, search.name).state
         self._set(job, total=total)
         job_record = {
             "job": job, "format": format, "operator": actor.address,
@@ -137,7 +194,7 @@ class Exporter:
             handle.write(json.dumps(job_record, sort_keys=True))
         self.control.audit(actor.address, "export.started", case.name, job=job,
                            search=search.name, format=format, messages=total,
-                           path=str(folder), documents=state.get("documents"),
+                           path=uri, documents=state.get("documents"),
                            cursor=state.get("cursor"))
         return int(job)
 
@@ -148,8 +205,7 @@ class Exporter:
         row = self.job(job)
         if row["state"] == "done":
             raise ExportError(f"export job {job} is finished already")
-        folder = Path(row["path"])
-        work = folder / WORK
+        work = self._work(row["path"])
         if not (work / "job.json").is_file():
             raise ExportError(f"export job {job}: {work} is gone; start a new export")
         with open(work / "lock", "a") as lock:
@@ -161,7 +217,8 @@ class Exporter:
                 raise ExportError(f"export job {job} is running already") from None
             self._set(job, state="running", error="")
             try:
-                return self._run(job, folder, row, actor, progress)
+                return self._run(job, self.location(row["path"]), work, row, actor,
+                                 progress)
             except BaseException as err:
                 self._set(job, state="failed", error=f"{type(err).__name__}: {err}"[:500])
                 log.exception("export job %d failed", job, extra={"event": "export.failed"})
@@ -195,69 +252,129 @@ class Exporter:
                 " JOIN case_searches ON case_searches.id = search_id"
                 " WHERE exports.case_id = ? ORDER BY exports.id DESC", (case.id,))]
 
-    def download_path(self, case: Case, job: int, relative: str, actor: Principal, *,
-                      folder: bool = False) -> Path:
-        """Return a file (or, with ``folder``, a folder) of a finished export.
+    def location(self, uri: str) -> ExportLocation:
+        """Return the location a job's ``path`` names."""
+        return open_location(uri, self.s3_client)
 
-        The caller has checked that ``actor`` is a member of ``case``.
+    def files(self, job: dict[str, Any]) -> list[str]:
+        """List what a member can download from a finished job: the
+        top-level files, and each volume of natives as one zip."""
+        if job["state"] != "done":
+            return []
+        try:
+            location = self.location(job["path"])
+            names, _ = location.listing()
+            natives = location.listing("NATIVES")[1]
+        except LocationError as err:
+            log.warning("export job %d: cannot list %s: %s", job["id"], job["path"], err)
+            return []
+        return names + [f"NATIVES/{name}.zip" for name in natives]
+
+    def download(self, case: Case, job: int, relative: str, actor: Principal) -> Download:
+        """Return one file of a finished export as a stream, audited.
+
+        ``NATIVES/VOLnnnn.zip`` is that folder of natives, zipped as it is
+        sent.  The caller has checked that ``actor`` is a member of ``case``.
         """
         require(actor, EXPORT_DOWNLOAD)
         row = self.job(job)
         if row["case_id"] != case.id or row["state"] != "done":
             raise ExportError(f"no finished export {job} in case {case.name}")
-        if "\0" in relative:
-            raise ExportError(f"no file {relative!r} in export {job}")
-        root = Path(row["path"]).resolve()
-        target = (root / relative).resolve()
-        if root not in target.parents or not (target.is_dir() if folder else target.is_file()):
-            raise ExportError(f"no file {relative!r} in export {job}")
+        location = self.location(row["path"])
+        natives = re.fullmatch(r"NATIVES/(VOL[0-9]{4})\.zip", relative)
+        if natives and any(location.listing(relative.removesuffix(".zip"))):
+            chunks = stream_zip(location, relative.removesuffix(".zip"))
+            sent = Download(f"{natives.group(1)}.zip", None, "application/zip", chunks)
+        else:
+            size = location.size(relative)
+            if size is None:
+                raise ExportError(f"no file {relative!r} in export {job}")
+            # The name goes into a Content-Disposition header: plain characters only.
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", relative.rpartition("/")[2])
+            sent = Download(name, size, "application/octet-stream",
+                            location.chunks(relative))
         self.control.audit(actor.address, "export.downloaded", case.name, job=job,
                            file=relative)
-        return target
+        return sent
 
-    def _run(self, job: int, folder: Path, row: dict[str, Any], actor: Principal,
-             progress: Progress | None) -> ExportResult:
-        work = folder / WORK
+    def fetch(self, case: Case, job: int, destination: Path, actor: Principal) -> Path:
+        """Copy a finished export (say from S3) into a new local folder, streamed.
+
+        The folder then verifies with ``verify-export`` like one written
+        locally.  Every object under the export's prefix is copied, listed
+        or not, so that an object added there shows up as extra.
+        """
+        require(actor, EXPORT_DOWNLOAD)
+        row = self.job(job)
+        if row["case_id"] != case.id or row["state"] != "done":
+            raise ExportError(f"no finished export {job} in case {case.name}")
+        location = self.location(row["path"])
+        folder = Path(destination) / str(row["path"]).rstrip("/").rpartition("/")[2]
+        if folder.exists():
+            raise ExportError(f"{folder} exists already; fetch into an empty place")
+        files = total = 0
+        for relative, _ in location.files():
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with durable(target, binary=True, sync=False) as handle:
+                for chunk in location.chunks(relative):
+                    handle.write(chunk)
+                    total += len(chunk)
+            files += 1
+        self.control.audit(actor.address, "export.fetched", case.name, job=job,
+                           files=files, bytes=total, to=str(folder))
+        return folder
+
+    def _work(self, uri: str) -> Path:
+        if not uri.startswith(S3_SCHEME):
+            return Path(uri) / WORK
+        case, name = uri.rstrip("/").split("/")[-2:]
+        return self.export_root / case / name / WORK
+
+    def _run(self, job: int, location: ExportLocation, work: Path, row: dict[str, Any],
+             actor: Principal, progress: Progress | None) -> ExportResult:
         record = json.loads((work / "job.json").read_text("utf-8"))
         total = row["total"]
         volumes = max(1, -(-total // self.volume_messages))
-        written = [n for n in range(1, volumes + 1) if (work / volume_name(n, "jsonl")).is_file()]
+        written = {n for n in range(1, volumes + 1)
+                   if (work / volume_name(n, "jsonl")).is_file()}
         done = min(total, len(written) * self.volume_messages)
         tick = progress(total, done) if progress else (lambda count: None)
         writer = WRITERS[row["format"]](self.vault)
-        for number, items in enumerate(self._volumes(work), start=1):
-            if number in written:
-                continue
+        location.abandon_partial()
+        for number, items in self._volumes(work, written):
             # The volume's record is renamed into place only when the
             # volume itself is durable: its presence marks the volume done.
             with durable(work / volume_name(number, "jsonl")) as handle:
-                def note(entry: dict[str, Any], row: list[str] | None = None) -> None:
-                    handle.write(json.dumps({"item": entry, "row": row}, sort_keys=True)
-                                 + "\n")
-
-                writer.write(folder, number, items, tick, note)
-            done += len(items)
+                note = _VolumeRecord(handle)
+                writer.write(location, number, items, tick, note)
+            done += note.items
             self._set(job, done=done)
-        return self._finish(job, folder, record, writer, actor)
+        return self._finish(job, location, work, record, writer, actor)
 
-    def _volumes(self, work: Path) -> Iterator[list[dict[str, Any]]]:
+    def _volumes(self, work: Path, skip: set[int]
+                 ) -> Iterator[tuple[int, Iterator[dict[str, Any]]]]:
+        """Yield each volume still to write, its items read one at a time."""
         with open(work / "items.jsonl", encoding="utf-8") as handle:
-            batch: list[dict[str, Any]] = []
-            for line in handle:
-                batch.append(json.loads(line))
-                if len(batch) == self.volume_messages:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+            for number in itertools.count(1):
+                lines = itertools.islice(handle, self.volume_messages)
+                first = next(lines, None)
+                if first is None:
+                    return
+                if number in skip:
+                    collections.deque(lines, maxlen=0)
+                    continue
+                yield number, (json.loads(line) for line in itertools.chain([first], lines))
+                collections.deque(lines, maxlen=0)  # whatever the writer left
 
-    def _finish(self, job: int, folder: Path, record: dict[str, Any], writer: Writer,
-                actor: Principal) -> ExportResult:
-        work = folder / WORK
+    def _finish(self, job: int, location: ExportLocation, work: Path,
+                record: dict[str, Any], writer: Writer, actor: Principal) -> ExportResult:
         volume_files = sorted(work.glob("VOL*.jsonl"))
-        writer.finish(folder, _records(volume_files))
-        messages, message_bytes, files, file_bytes = _write_manifest(folder, volume_files,
-                                                                     job)
+        spanning = writer.finish(location, _records(volume_files))
+        with location.create(MANIFEST) as handle:
+            messages, message_bytes, files, file_bytes = _write_manifest(
+                handle, volume_files, spanning, job)
+        manifest = handle.written()
         key = signing_key(self.key_path)
         public = key.public_key()
         custody = {
@@ -265,19 +382,18 @@ class Exporter:
             "finished_at": now().isoformat(), "finished_by": actor.address,
             "counts": {"messages": messages, "files": files, "volumes": len(volume_files)},
             "totals": {"message_bytes": message_bytes, "file_bytes": file_bytes},
-            "manifest_sha256": _sha256_file(folder / MANIFEST),
+            "manifest_sha256": manifest.sha256,
             "signing_key": {"algorithm": "Ed25519", "fingerprint": fingerprint(public),
                             "public_key": PUBLIC_KEY},
         }
         custody.pop("format")
         body = json.dumps(custody, sort_keys=True, indent=1).encode("utf-8")
-        with durable(folder / PUBLIC_KEY, binary=True) as handle:
-            handle.write(public_pem(key))
-        with durable(folder / CUSTODY, binary=True) as handle:
-            handle.write(body)
-        with durable(folder / SIGNATURE, binary=True) as handle:
-            handle.write(sign(key, body))
+        for name, content in ((PUBLIC_KEY, public_pem(key)), (CUSTODY, body),
+                              (SIGNATURE, sign(key, body))):
+            with location.create(name) as handle:
+                handle.write(content)
         shutil.rmtree(work)
+        _remove_empty_parent(work.parent)
         self._set(job, state="done", done=messages, bytes=message_bytes,
                   finished_at=custody["finished_at"])
         self.control.audit(actor.address, "export.finished", record["case"]["name"],
@@ -286,8 +402,8 @@ class Exporter:
                            manifest_sha256=custody["manifest_sha256"],
                            fingerprint=fingerprint(public))
         log.info("export job %d: %d messages, %d bytes in %s", job, messages,
-                 message_bytes, folder, extra={"event": "export.finished"})
-        return ExportResult(job, folder, messages, message_bytes, fingerprint(public))
+                 message_bytes, location.uri, extra={"event": "export.finished"})
+        return ExportResult(job, location.uri, messages, message_bytes, fingerprint(public))
 
     def _set(self, job: int, **values: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in values)
@@ -296,44 +412,56 @@ class Exporter:
                                (*values.values(), job))
 
 
-def _write_manifest(folder: Path, volume_files: list[Path], job: int
-                    ) -> tuple[int, int, int, int]:
-    """Stream manifest.json from the volume records; return counts and totals."""
-    from vault.custody import CONTROL_FILES, file_sha256, walk_files
+class _VolumeRecord:
+    """A volume's record: one JSON line per item (entry, load-file row)
+    and per file (path, SHA-256, size), written as the volume is."""
 
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+        self.items = 0
+
+    def item(self, entry: dict[str, Any], row: list[str] | None = None) -> None:
+        self.handle.write(json.dumps({"item": entry, "row": row}, sort_keys=True) + "\n")
+        self.items += 1
+
+    def file(self, written: WrittenFile) -> None:
+        self.handle.write(json.dumps({"file": written.entry()}, sort_keys=True) + "\n")
+
+
+def _write_manifest(handle: HashingFile, volume_files: list[Path],
+                    spanning: list[WrittenFile], job: int) -> tuple[int, int, int, int]:
+    """Stream manifest.json from the volume records; return counts and totals."""
     messages = message_bytes = files = file_bytes = 0
-    # Written inside .work/ (which the file listing skips) and moved out.
-    with durable(folder / MANIFEST, scratch=folder / WORK / MANIFEST) as handle:
-        handle.write('{"format": 1, "job": %d, "items": [' % job)
-        for line in _records(volume_files):
-            entry = line["item"]
-            handle.write(("\n" if not messages else ",\n") + json.dumps(entry, sort_keys=True))
-            messages += 1
-            message_bytes += entry["size"]
-        handle.write('\n], "files": [')
-        for relative in walk_files(folder):
-            if relative in CONTROL_FILES or relative.startswith(WORK + "/"):
-                continue
-            sha256, size = file_sha256(folder / relative)
-            handle.write(("\n" if not files else ",\n") + json.dumps(
-                {"path": relative, "sha256": sha256, "size": size}, sort_keys=True))
-            files += 1
-            file_bytes += size
-        handle.write("\n]}\n")
+    handle.write(b'{"format": 1, "job": %d, "items": [' % job)
+    for line in _records(volume_files):
+        entry = line["item"]
+        handle.write((("\n" if not messages else ",\n")
+                      + json.dumps(entry, sort_keys=True)).encode("utf-8"))
+        messages += 1
+        message_bytes += entry["size"]
+    handle.write(b'\n], "files": [')
+    listed = itertools.chain(_records(volume_files, "file"),
+                             ({"file": written.entry()} for written in spanning))
+    for line in listed:
+        handle.write((("\n" if not files else ",\n")
+                      + json.dumps(line["file"], sort_keys=True)).encode("utf-8"))
+        files += 1
+        file_bytes += line["file"]["size"]
+    handle.write(b"\n]}\n")
     return messages, message_bytes, files, file_bytes
 
 
-def _records(volume_files: list[Path]) -> Iterator[dict[str, Any]]:
-    """Yield the item records of every volume, in order, one at a time."""
+def _records(volume_files: list[Path], kind: str = "item") -> Iterator[dict[str, Any]]:
+    """Yield the item (or file) records of every volume, in order, one at a time."""
     for path in volume_files:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
-                yield json.loads(line)
+                parsed = json.loads(line)
+                if kind in parsed:
+                    yield parsed
 
 
-def _sha256_file(path: Path) -> str:
-    from vault.custody import file_sha256
-
-    return file_sha256(path)[0]
-
-
+def _remove_empty_parent(folder: Path) -> None:
+    # An S3 export's local work folder (CASE/export-...) holds nothing else.
+    with contextlib.suppress(OSError):
+        folder.rmdir()

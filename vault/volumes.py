@@ -1,9 +1,11 @@
 """Export volumes: how each format lays a run of messages down on disk.
 
 A *volume* is a fixed number of consecutive items of an export job
-(``vault.export``).  Each format has a writer that writes one volume and
-reports each message's manifest entry (and, for the load file, its row)
-through a ``record`` callback as it goes, so nothing accumulates in memory:
+(``vault.export``).  Each format has a writer that writes one volume to an
+export location (``vault.export_locations``: a folder or an S3 prefix)
+and reports each message's manifest entry (and, for the load file, its
+row) and each file's SHA-256 to a ``Record`` as it goes, so nothing
+accumulates in memory:
 
 - zip: ``VOLnnnn.zip`` of original ``.eml`` files under
   ``<custodian>/<message-id>.eml``, stored (not deflated) so that the bytes
@@ -25,17 +27,17 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from vault import VaultError
+from vault.export_locations import ExportLocation, WrittenFile
 from vault.ingest import MESSAGES, Vault
 
 # Concordance's defaults: fields separated by DC4 (shown as ¶), each
@@ -47,7 +49,14 @@ LOADFILE_FIELDS = ("BEGDOC", "CUSTODIAN", "ALL_CUSTODIANS", "FROM", "TO", "CC", 
 _MBOX_FROM = re.compile(rb"^(>*From )", re.MULTILINE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
 
-Record = Callable[..., None]
+class Record(Protocol):
+    """Where a writer reports what it wrote (the volume's record)."""
+
+    def item(self, entry: dict[str, Any], row: list[str] | None = None) -> None:
+        """Note one message's manifest entry (and load-file row)."""
+
+    def file(self, written: WrittenFile) -> None:
+        """Note one file of the export, with its SHA-256 and size."""
 
 
 class Writer:
@@ -58,13 +67,15 @@ class Writer:
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
 
-    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+    def write(self, location: ExportLocation, number: int, items: Iterable[dict[str, Any]],
               tick: Callable[[int], None], record: Record) -> None:
         """Write volume ``number``, recording each item's manifest entry."""
         raise NotImplementedError
 
-    def finish(self, folder: Path, records: Iterator[dict[str, Any]]) -> None:
+    def finish(self, location: ExportLocation, records: Iterator[dict[str, Any]]
+               ) -> list[WrittenFile]:
         """Write files that span volumes (load files); nothing by default."""
+        return []
 
     def read(self, item: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
         """Return a message's bytes and its manifest entry (without where)."""
@@ -78,28 +89,29 @@ class Writer:
 class _ZipWriter(Writer):
     """A zip of original .eml files, one folder per custodian."""
 
-    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+    def write(self, location: ExportLocation, number: int, items: Iterable[dict[str, Any]],
               tick: Callable[[int], None], record: Record) -> None:
         name = volume_name(number, "zip")
-        with durable(folder / name, binary=True) as handle:
+        with location.create(name) as handle:
             with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 for item in items:
                     raw, entry = self.read(item)
                     entry.update(path=name, entry=f"{_custodian_folder(item)}/"
                                                   f"{item['message_id']}.eml")
                     archive.writestr(zipfile.ZipInfo(entry["entry"], _zip_time(item)), raw)
-                    record(entry)
+                    record.item(entry)
                     tick(1)
+        record.file(handle.written())
 
 
 class _MboxWriter(Writer):
     """One mboxrd file per volume (lines starting ">*From " gain one '>')."""
 
-    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+    def write(self, location: ExportLocation, number: int, items: Iterable[dict[str, Any]],
               tick: Callable[[int], None], record: Record) -> None:
         name = volume_name(number, "mbox")
         offset = 0
-        with durable(folder / name, binary=True) as handle:
+        with location.create(name) as handle:
             for ordinal, item in enumerate(items, start=1):
                 raw, entry = self.read(item)
                 separator = _from_line(raw)
@@ -112,36 +124,25 @@ class _MboxWriter(Writer):
                 ending = b"\n\n" if not stored.endswith(b"\n") else b"\n"
                 handle.write(ending)
                 offset += len(stored) + len(ending)
-                record(entry)
+                record.item(entry)
                 tick(1)
+        record.file(handle.written())
 
 
 class _DatWriter(Writer):
     """Native .eml files and a Concordance DAT (and CSV) load file."""
 
-    def write(self, folder: Path, number: int, items: list[dict[str, Any]],
+    def write(self, location: ExportLocation, number: int, items: Iterable[dict[str, Any]],
               tick: Callable[[int], None], record: Record) -> None:
         volume = f"NATIVES/{volume_name(number, '')}".rstrip(".")
-        scratch = folder / (volume + ".part")
-        if scratch.exists():
-            shutil.rmtree(scratch)
-        for item in items:
-            raw, entry = self.read(item)
-            relative = f"{_custodian_folder(item)}/{item['message_id']}.eml"
-            (scratch / relative).parent.mkdir(parents=True, exist_ok=True)
-            with durable(scratch / relative, binary=True, atomic=False, sync=False) as handle:
-                handle.write(raw)
-            entry.update(path=f"{volume}/{relative}", entry="")
-            record(entry, self._row(raw, item, entry))
-            tick(1)
-        # One sync for the whole volume instead of an fsync per native file
-        # (thousands of journal commits); the volume is renamed into place
-        # only after it.
-        os.sync()
-        if (folder / volume).exists():
-            shutil.rmtree(folder / volume)
-        os.replace(scratch, folder / volume)
-        fsync_directory(folder / "NATIVES")
+        with location.natives(volume) as put:
+            for item in items:
+                raw, entry = self.read(item)
+                written = put(f"{_custodian_folder(item)}/{item['message_id']}.eml", raw)
+                entry.update(path=written.path, entry="")
+                record.item(entry, self._row(raw, item, entry))
+                record.file(written)
+                tick(1)
 
     def _row(self, raw: bytes, item: dict[str, Any], entry: dict[str, Any]) -> list[str]:
         message = BytesParser(policy=compat32).parsebytes(raw)
@@ -175,11 +176,13 @@ class _DatWriter(Writer):
         journal = {r for r in recipients if r.split("@")[0] == "journal"}
         return recipients - journal
 
-    def finish(self, folder: Path, records: Iterator[dict[str, Any]]) -> None:
+    def finish(self, location: ExportLocation, records: Iterator[dict[str, Any]]
+               ) -> list[WrittenFile]:
         number = 0
-        with durable(folder / "loadfile.dat", binary=True) as dat, \
-                durable(folder / "loadfile.csv", binary=True) as raw_csv:
-            text_csv = io.TextIOWrapper(raw_csv, encoding="utf-8", newline="")
+        with location.create("loadfile.dat") as dat, \
+                location.create("loadfile.csv") as raw_csv:
+            buffered = io.BufferedWriter(raw_csv)
+            text_csv = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
             writer = csv.writer(text_csv)
             dat.write("\ufeff".encode("utf-8") + _dat_line(LOADFILE_FIELDS))
             writer.writerow(LOADFILE_FIELDS)
@@ -194,6 +197,8 @@ class _DatWriter(Writer):
                 writer.writerow([spreadsheet_safe(str(cell)) for cell in row])
             text_csv.flush()
             text_csv.detach()
+            buffered.detach()
+        return [dat.written(), raw_csv.written()]
 
 
 WRITERS: dict[str, type[Writer]] = {"zip": _ZipWriter, "mbox": _MboxWriter,

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import zipfile
-from collections.abc import Iterator
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from pathlib import Path
 from typing import Any
 
 from flask import (Blueprint, Flask, Response, current_app, flash, redirect,
-                   render_template, request, send_file, url_for)
+                   render_template, request, url_for)
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
 from indexer import QueryError
@@ -98,6 +94,7 @@ def _case(name: str) -> tuple[Cases, Case]:
 @requires(MAIL_ANY)
 def search() -> Any:
     query = request.args.get("q", "").strip()
+    purpose = _purpose()
     hits, error, total = [], None, 0
     if query:
         try:
@@ -115,13 +112,26 @@ def search() -> Any:
                              "from": document.get("from", ""), "date": document.get("date"),
                              "owners": owners})
         archive().control.audit(principal().address, "search", query=query, total=total,
-                                scope="all mailboxes")
+                                scope="all mailboxes", **purpose)
     hits.sort(key=lambda hit: str(hit["date"] or ""), reverse=True)
     holds = Holds(archive().control, archive().vault.store)
     for hit in hits:
         hit["held"] = holds.is_held(f"{MESSAGES}/{hit['id']}")
     return render_template("ediscovery_search.html", query=query, hits=hits, total=total,
-                           error=error, limit=SEARCH_LIMIT)
+                           error=error, limit=SEARCH_LIMIT, case_name=purpose.get("case"))
+
+
+def _purpose() -> dict[str, str]:
+    """Return the case a cross-mailbox read is for (``?case=``), checked.
+
+    Reading across mailboxes needs no case: that is how a case is built
+    (docs/ediscovery.md, "Compliance reads outside a case").  A read for a
+    case says so in the audit trail, and only a member may claim the case.
+    """
+    name = request.args.get("case", "").strip()
+    if not name:
+        return {}
+    return {"case": _case(name)[1].name}
 
 
 @cases_pages.get("/ediscovery/messages/<message_id>")
@@ -131,8 +141,10 @@ def message(message_id: str) -> Any:
     owners = owners_of(document or {})
     if document is None or not in_scope(principal(), owners):
         refuse(MAIL_ANY, NotFound, message_id)
+    purpose = _purpose()
     raw = archive().vault.read_message(f"{MESSAGES}/{message_id}")
-    archive().control.audit(principal().address, "view", message_id, scope="all mailboxes")
+    archive().control.audit(principal().address, "view", message_id, scope="all mailboxes",
+                            **purpose)
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:1024 * 1024])
     summary = [(name, header_text(headers, name)) for name in SUMMARY_HEADERS
                if headers.get(name) is not None]
@@ -172,14 +184,7 @@ def show(name: str, preview: Any = None, previewed: str = "") -> Any:
 def _finished_files(job: dict[str, Any]) -> list[str]:
     """List what a member can download: the top-level files, and each
     volume of natives as one zip made as it is sent."""
-    folder = Path(job["path"])
-    if job["state"] != "done" or not folder.is_dir():
-        return []
-    files = sorted(path.name for path in folder.iterdir() if path.is_file())
-    natives = folder / "NATIVES"
-    if natives.is_dir():
-        files += sorted(f"NATIVES/{path.name}.zip" for path in natives.iterdir())
-    return files
+    return _exporter(_cases()).files(job)
 
 
 @cases_pages.post("/cases/<name>/searches")
@@ -298,61 +303,25 @@ def resume(name: str, job: int) -> Any:
 @requires(EXPORT_DOWNLOAD)
 def download(name: str, job: int, relative: str) -> Any:
     cases, case = _case(name)
-    natives = re.fullmatch(r"NATIVES/(VOL[0-9]{4})\.zip", relative)
     try:
-        path = _exporter(cases).download_path(
-            case, job, relative.removesuffix(".zip") if natives else relative,
-            principal(), folder=bool(natives))
+        sent = _exporter(cases).download(case, job, relative, principal())
     except ExportError:
         raise NotFound("No such export file.") from None
-    if natives:
-        return Response(_zipped(path), mimetype="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="{natives.group(1)}.zip"'})
-    return send_file(path, as_attachment=True, download_name=path.name)
-
-
-class _Chunks(io.RawIOBase):
-    """A write-only sink that hands over what was written since last asked."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def drain(self) -> bytes:
-        taken = b"".join(self.chunks)
-        self.chunks.clear()
-        return taken
-
-
-def _zipped(directory: Path) -> Iterator[bytes]:
-    """Stream a zip of ``directory``, one file in memory at a time.
-
-    The sink cannot seek, so zipfile writes each member's sizes after its
-    data (a data descriptor), which every unzip tool reads.
-    """
-    sink = _Chunks()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(directory).as_posix())
-                yield sink.drain()
-    yield sink.drain()
+    headers = {"Content-Disposition": f'attachment; filename="{sent.name}"'}
+    if sent.size is not None:
+        headers["Content-Length"] = str(sent.size)
+    return Response(sent.chunks, mimetype=sent.mimetype, headers=headers)
 
 
 @cases_pages.get("/audit")
 @requires(AUDIT_VIEW)
 def audit() -> Any:
     from vault.audit import verify_chain
+    from vault.audit_redaction import redact
 
     filters = {name: request.args.get(name, "").strip()
                for name in ("actor", "action", "case", "since", "until")}
-    events = _audit_events(filters)
+    events = [redact(event, principal()) for event in _audit_events(filters)]
     archive().control.audit(principal().address, "audit.viewed",
                             filters={k: v for k, v in filters.items() if v},
                             csv=request.args.get("format") == "csv")
@@ -374,8 +343,9 @@ def _audit_events(filters: dict[str, str]) -> list[dict[str, Any]]:
             parameters.append(value)
     if filters["case"]:
         # Case events name the case as target; hold events name "case:<case>:...".
-        clauses.append("(target = ? OR target LIKE ?)")
-        parameters += [filters["case"], f"case:{filters['case']}:%"]
+        # Reads made for a case carry it in their detail.
+        clauses.append("(target = ? OR target LIKE ? OR json_extract(detail, '$.case') = ?)")
+        parameters += [filters["case"], f"case:{filters['case']}:%", filters["case"]]
     query = "SELECT * FROM audit"
     if clauses:
         query += " WHERE " + " AND ".join(clauses)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from vault import ConfigError
@@ -17,6 +18,10 @@ from vault.audit import command_line_actor
 from vault.config import Settings, load
 from vault.control import ControlDB
 from vault.roles import CAPABILITIES, ROLES, Principal, load_principal
+
+# verify-export's exit status when the folder is intact but its signer was
+# not compared with a published fingerprint (--require-fingerprint).
+UNPINNED = 3
 
 
 def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -73,9 +78,16 @@ def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser])
     sub.add_argument("search", nargs="?")
     sub.add_argument("--format", choices=("zip", "mbox", "dat"), default="zip")
     sub.add_argument("--to", dest="destination", metavar="DIR",
-                     help="write here (default: the configured export location)")
+                     help="write here (default: the configured export location); "
+                          "with --fetch, the folder to copy the export into")
     sub.add_argument("--resume", type=int, metavar="JOB",
                      help="finish an interrupted export job")
+    sub.add_argument("--fetch", type=int, metavar="JOB",
+                     help="copy a finished export (from S3, say) into the --to folder, "
+                          "ready for verify-export")
+
+    command("export-key", export_key,
+            "print the export signing key's fingerprint, for recipients to pin")
 
     sub = commands.add_parser(
         "verify-export", help="check an export folder against its manifest and signature",
@@ -85,6 +97,9 @@ def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser])
     sub.add_argument("path")
     sub.add_argument("--fingerprint", default="",
                      help="the archive's published export-key fingerprint, to pin")
+    sub.add_argument("--require-fingerprint", action="store_true",
+                     help=f"exit {UNPINNED} rather than 0 when no --fingerprint was "
+                          "given (the signer was not checked)")
 
 
 def _acting(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -97,12 +112,13 @@ def _acting(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _auditing_refusals(function: Callable[[argparse.Namespace], int]
                        ) -> Callable[[argparse.Namespace], int]:
     """Record a refused command in the audit trail, then let it fail."""
+    from vault.approvals import ApprovalError
     from vault.roles import PermissionDeniedError
 
     def run(arguments: argparse.Namespace) -> int:
         try:
             return function(arguments)
-        except PermissionDeniedError as err:
+        except (PermissionDeniedError, ApprovalError) as err:
             settings, control = _open(arguments)
             control.audit(arguments.actor.lower(), "denied",
                           " ".join(sys.argv[1:3]) or function.__name__, reason=str(err),
@@ -261,6 +277,8 @@ def export(arguments: argparse.Namespace) -> int:
     actor = _actor(control, arguments)
     cases = _cases(settings, control)
     exporter = Exporter.for_settings(settings, control, cases)
+    if arguments.fetch is not None:
+        return _fetch(exporter, cases, actor, arguments)
     if arguments.resume is not None:
         job = arguments.resume
     else:
@@ -276,8 +294,36 @@ def export(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(exporter: Any, cases: Any, actor: Principal, arguments: argparse.Namespace
+           ) -> int:
+    """Copy a finished export into a local folder (for verify-export)."""
+    from pathlib import Path
+
+    if not arguments.destination:
+        raise ConfigError("--fetch JOB needs --to DIR, the folder to copy it into")
+    row = exporter.job(arguments.fetch)
+    case = cases.get(_case_name(cases, row["case_id"]), actor)
+    folder = exporter.fetch(case, arguments.fetch, Path(arguments.destination), actor)
+    print(f"Fetched export job {arguments.fetch} into {folder}")
+    print(f"Check it with: strongroom verify-export {folder} --fingerprint "
+          "<the archive's published fingerprint>")
+    return 0
+
+
+def _case_name(cases: Any, case_id: int) -> str:
+    with cases.control.connect() as connection:
+        row = connection.execute("SELECT name FROM cases WHERE id = ?", (case_id,)).fetchone()
+    return str(row["name"]) if row else ""
+
+
 def verify_export(arguments: argparse.Namespace) -> int:
-    """Check an export folder; exit 1 on any missing, extra or altered item."""
+    """Check an export folder; exit 1 on any missing, extra or altered item.
+
+    Without --fingerprint the signature proves only that the folder is
+    consistent with the key inside it, which whoever edited the folder
+    could have replaced: say so, and with --require-fingerprint exit
+    UNPINNED.
+    """
     from vault.custody import verify_folder
 
     report = verify_folder(arguments.path, fingerprint=arguments.fingerprint)
@@ -286,7 +332,26 @@ def verify_export(arguments: argparse.Namespace) -> int:
     print(f"{report.files} files, {report.items} items checked; signed by key "
           f"{report.fingerprint or '?'}: "
           + ("export intact" if report.is_clean else f"{len(report.faults)} fault(s)"))
-    return 0 if report.is_clean else 1
+    if not report.is_clean:
+        return 1
+    if not arguments.fingerprint:
+        print("WARNING: authenticity NOT checked.  The folder agrees with the key it "
+              "carries, but anyone who alters it can re-sign it with a fresh key.  Get "
+              "the archive's published export-key fingerprint (its operator prints it "
+              "with 'strongroom export-key') from a channel you trust, not from this "
+              "folder, and run again with --fingerprint FINGERPRINT.", file=sys.stderr)
+        return UNPINNED if arguments.require_fingerprint else 0
+    return 0
+
+
+def export_key(arguments: argparse.Namespace) -> int:
+    """Print the fingerprint of the archive's export signing key, to publish."""
+    from vault.custody import fingerprint, signing_key
+
+    settings = load(Path(arguments.home))
+    key = signing_key(settings.path(settings.ediscovery.signing_key_file))
+    print(fingerprint(key.public_key()))
+    return 0
 
 
 def _progress(total: int, done: int) -> Callable[[int], None]:
