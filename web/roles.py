@@ -82,10 +82,9 @@ def install_guard(app: Flask) -> None:
         if rule is None:
             return None
         if request.blueprint == "api":
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            user = None
-            if scheme.lower() == "bearer" and token.strip():
-                user = archive().accounts.user_for_token(token.strip())
+            from web.api import token_user
+
+            user = token_user()
             if user is None:
                 return None  # the view answers 401
             g.api_user = user
