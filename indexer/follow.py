@@ -216,6 +216,7 @@ class Follower:
             "owners": [],
             "subject": found.subject,
             "from": sender,
+            "from_header": found.sender,
             "to": found.to,
             "cc": found.cc,
             "body": found.body,
