@@ -15,10 +15,14 @@ from vault.audit_commit import AuditError
 from web.archive import archive, positive_int
 from web.signin import sign_in_page, sign_out
 from web.reading import show_message
+from web.times import time_element
 
 log = logging.getLogger(__name__)
 
 portal = Blueprint("portal", __name__)
+# {{ stored_time | moment }}: a stored time as a human <time> element
+# (the account pages' "when" gives the text alone).
+portal.add_app_template_filter(time_element, "moment")
 
 PER_PAGE = 20
 
