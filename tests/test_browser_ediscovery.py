@@ -130,7 +130,7 @@ def test_officer_opens_case_holds_exports_and_downloads(server, chromium, tmp_pa
     page.wait_for_url(f"**/cases/{CASE}")
     deadline = time.monotonic() + EXPORT_TIMEOUT_S
     while True:
-        state = page.locator("table.exports tr").nth(1).locator("td").nth(3).inner_text()
+        state = page.locator("table.exports tr").nth(1).locator(".state").inner_text()
         assert "failed" not in state, state
         if state == "done":
             break
