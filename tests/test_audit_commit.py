@@ -1,6 +1,7 @@
-# Every access is audited durably before it is answered; concurrent events
-# share one transaction (one fsync), and an event that cannot be written
-# refuses the access it records.
+# The portal's hot path: every access is audited durably before it is
+# answered, concurrent events share one transaction (one fsync), an event
+# that cannot be written refuses the access it records; each thread keeps
+# one control-database connection; an API token is resolved once.
 
 from __future__ import annotations
 
@@ -165,3 +166,21 @@ def test_an_open_transaction_is_never_carried_into_the_next_operation(home):  # 
     with control.connect() as connection:
         assert not connection.in_transaction
         assert connection.execute("SELECT count(*) FROM refusals").fetchone()[0] == 0
+
+
+def test_an_api_request_resolves_its_token_once(app, monkeypatch):  # noqa: F811
+    # The role guard and the view both need the token's account: one
+    # lookup per request, shared through flask.g.
+    accounts = app.extensions["strongroom"].accounts
+    token = accounts.create_token("bob@example.com")
+    lookups = []
+    resolve = accounts.user_for_token
+    monkeypatch.setattr(accounts, "user_for_token",
+                        lambda value: lookups.append(value) or resolve(value))
+    client = app.test_client()
+    response = client.get("/api/v1/search?q=AVOCET-B16",
+                          headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200 and response.get_json()["total"] == 1
+    assert lookups == [token]
+    refused = client.get("/api/v1/search?q=x", headers={"Authorization": "Bearer srt_wrong"})
+    assert refused.status_code == 401
