@@ -79,7 +79,11 @@ KEEP_OLD_GENERATIONS = 1
 # but not kept.
 RECORD_FIELDS = ("id", "owners", "subject", "from", "to", "cc", "filename",
                  "message_id", "date", "size", "has_attachment",
-                 "sender_address", "receipts", "defects", "preview", "references")
+                 "sender_address", "receipts", "defects", "preview", "references",
+                 "from_header")
+# Fields added to RECORD_FIELDS later: a document built without one (an
+# older caller) reads as "".
+LATER_RECORD_FIELDS = ("references", "from_header")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,10 +426,8 @@ def normalise(document: dict) -> dict:
 
 def record_of(document: dict) -> dict:
     """Return the stored part of a document, JSON-ready (date as ISO text)."""
-    # ``references`` came later than the rest: a document built without it
-    # (an older caller) has no thread links.
-    record = {name: document.get(name, "") if name == "references" else document[name]
-              for name in RECORD_FIELDS}
+    record = {name: document.get(name, "") if name in LATER_RECORD_FIELDS
+              else document[name] for name in RECORD_FIELDS}
     record["date"] = document["date"].isoformat() if document["date"] else None
     return record
 
@@ -458,7 +460,10 @@ def _hit(record: dict, words: tuple[set[str], tuple[str, ...]]) -> Hit:
     return Hit(
         id=document["id"],
         subject=document.get("subject", ""),
-        sender=document.get("from", ""),
+        # The From header alone: ``from`` also holds the envelope sender
+        # (so that from: finds it), which belongs on the message page.
+        # Records indexed before ``from_header`` existed have only ``from``.
+        sender=document.get("from_header") or document.get("from", ""),
         date=utc_naive(document["date"]),
         snippet=snippet_runs(document.get("preview", ""), words),
     )

@@ -290,6 +290,7 @@ def new_document(receipt: Receipt, message_id: str, found: Extract) -> dict:
         "owners": [],
         "subject": found.subject,
         "from": sender,
+        "from_header": found.sender,
         "to": found.to,
         "cc": found.cc,
         "body": found.body,

@@ -64,14 +64,21 @@ class CaseHolds:
                            custodians=list(case.custodians))
 
     def active_holds(self, case: Case) -> list[dict[str, Any]]:
-        """Return the case's holds that are not released, with object counts."""
+        """Return the case's holds that are not released, with their counts.
+
+        ``objects`` counts every object held (messages and their receipts),
+        ``messages`` the messages alone, which is what a reader means.
+        """
         with self.control.connect() as connection:
             return [dict(row) for row in connection.execute(
                 "SELECT holds.name, holds.placed_by, holds.placed_at,"
                 " (SELECT count(*) FROM hold_objects WHERE hold_name = holds.name)"
-                "  AS objects FROM case_holds JOIN holds ON holds.name = hold_name"
+                "  AS objects,"
+                " (SELECT count(*) FROM hold_objects WHERE hold_name = holds.name"
+                "  AND object_key LIKE ?) AS messages"
+                " FROM case_holds JOIN holds ON holds.name = hold_name"
                 " WHERE case_id = ? AND released_at IS NULL ORDER BY placed_at",
-                (case.id,))]
+                (f"{MESSAGES}/%", case.id))]
 
     def release(self, case: Case, actor: Principal, *, two_person: bool) -> int | None:
         """Release every hold of the case, or file a request for a second person.

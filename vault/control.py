@@ -1,21 +1,27 @@
 """The control database: accounts, addresses, API tokens, audit trail.
 
-SQLite in WAL mode, one short-lived connection per operation so that the
-receiver, the follower and the portal's threads never share one.  Nothing
-here is needed to prove what the archive received: the vault is the source
-of truth, and this database is the archive's own bookkeeping.
+SQLite in WAL mode.  Each thread keeps one connection per ControlDB and
+reuses it from one operation to the next (opening one costs more than most
+queries here), so the receiver, the follower and the portal's threads never
+share one.  Nothing here is needed to prove what the archive received: the
+vault is the source of truth, and this database is the archive's own
+bookkeeping.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vault.audit_commit import AuditCommitter
 from vault.clock import now
 
 SCHEMA = """
@@ -214,11 +220,30 @@ CREATE INDEX IF NOT EXISTS restore_failures_by_job ON restore_failures (job_id, 
 """
 
 
+@dataclasses.dataclass(eq=False)
+class _KeptConnection:
+    """One thread's reusable connection, and whether a block is using it."""
+
+    pid: int
+    connection: sqlite3.Connection | None = None
+    is_busy: bool = False
+
+    def check_in(self) -> None:
+        # A transaction left open (a failed COMMIT) would hold its lock
+        # and its snapshot into the next operation: drop such a connection.
+        if self.connection is not None and self.connection.in_transaction:
+            self.connection.close()
+            self.connection = None
+        self.is_busy = False
+
+
 class ControlDB:
-    """Open short-lived connections to the control database."""
+    """Open connections to the control database, one kept per thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._kept = threading.local()
+        self.audit_committer = AuditCommitter(self.connect)
 
     def create(self) -> None:
         """Create the schema; safe to call on an existing database."""
@@ -230,16 +255,21 @@ class ControlDB:
 
     @contextlib.contextmanager
     def connect(self, *, exclusive: bool = False) -> Iterator[sqlite3.Connection]:
-        """Yield a connection that commits on success and always closes.
+        """Yield a connection that commits on success, rolls back on error.
 
         ``exclusive`` takes the database's write lock at once, for a
         read-modify-write that no other process may interleave with.
+        The thread's kept connection is used unless it is already in use
+        further up the stack (a nested block gets a connection of its own,
+        closed at its end, so it never commits the outer block's work).
         """
-        connection = sqlite3.connect(self.path, timeout=30)
-        if exclusive:
-            connection.isolation_level = "IMMEDIATE"
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA foreign_keys=ON")
+        kept = self._slot()
+        slot = None if kept.is_busy else kept
+        if slot is None:
+            connection = self._open()
+        else:
+            connection = slot.connection = slot.connection or self._open()
+            slot.is_busy = True
         try:
             with connection:
                 if exclusive:
@@ -250,17 +280,41 @@ class ControlDB:
                     connection.execute("BEGIN IMMEDIATE")
                 yield connection
         finally:
-            connection.close()
+            if slot is None:
+                connection.close()
+            else:
+                slot.check_in()
+
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=30)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA foreign_keys=ON")
+        return connection
+
+    def _slot(self) -> _KeptConnection:
+        slot: _KeptConnection | None = getattr(self._kept, "slot", None)
+        # A connection must not cross a fork (SQLite's rule): a child
+        # process opens its own.
+        if slot is None or slot.pid != os.getpid():
+            slot = self._kept.slot = _KeptConnection(os.getpid())
+        return slot
+
+    def close(self) -> None:
+        """Close this thread's kept connection (others close with their threads)."""
+        slot = self._slot()
+        if slot.connection is not None and not slot.is_busy:
+            slot.connection.close()
+            slot.connection = None
 
     def audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
-        """Append one event to the audit trail."""
-        with self.connect() as connection:
-            connection.execute(
-                "INSERT INTO audit (at, actor, action, target, detail)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (now().isoformat(), actor, action, target,
-                 json.dumps(detail, sort_keys=True)),
-            )
+        """Append one event to the audit trail; return once it is durable.
+
+        Events of concurrent threads share a transaction (see
+        ``vault.audit_commit``).  Raises AuditError if the event could not
+        be recorded: the caller must then refuse what it was auditing.
+        """
+        self.audit_committer.append((now().isoformat(), actor, action, target,
+                                     json.dumps(detail, sort_keys=True)))
 
     def record_refusal(self, source: str, code: int, reason: str) -> None:
         """Count one 4xx or 5xx answer to a journal source, for status."""

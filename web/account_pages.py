@@ -42,7 +42,7 @@ ACTION_LABELS = {
 def code():
     user = pending_user()
     if user is None:
-        flash("Please sign in again.")
+        flash("Please sign in again.", "info")
         return redirect(url_for("portal.login"))
     if request.method != "POST":
         return render_template("login_code.html")
@@ -52,9 +52,9 @@ def code():
         return complete_sign_in(user, second_factor=True)
     if fail_code(user):
         session.pop("pending", None)
-        flash(FAILURE_MESSAGE)
+        flash(FAILURE_MESSAGE, "error")
         return redirect(url_for("portal.login"))
-    flash("That code is not right, or was already used. Wait for the next one.")
+    flash("That code is not right, or was already used. Wait for the next one.", "error")
     return render_template("login_code.html"), 401
 
 
@@ -111,7 +111,7 @@ def password():
     account.control.audit(current_user.address, "password.changed", current_user.address,
                           other_sessions_ended=ended)
     meet_obligation("password")
-    flash("Your password is changed. Any other sessions were signed out.")
+    flash("Your password is changed. Any other sessions were signed out.", "success")
     return redirect(next_page() if forced else url_for("account.overview"))
 
 
@@ -127,9 +127,9 @@ def totp():
             account.control.audit(current_user.address, "totp.enrolled", current_user.address)
             forced = "totp" in (session.get("obligations") or [])
             meet_obligation("totp")
-            flash("Your second factor is set up: sign-in will ask for a code.")
+            flash("Your second factor is set up: sign-in will ask for a code.", "success")
             return redirect(next_page() if forced else url_for("account.overview"))
-        flash("That code is not right. Check the time on your device and try the next one.")
+        flash("That code is not right. Check the time on your device and try the next one.", "error")
     uri = account.factor.uri(secret, current_user.address)
     required = current_user.role in account.require_totp_roles
     return render_template("totp.html", enabled=False, secret=secret, uri=uri,

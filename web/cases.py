@@ -40,6 +40,10 @@ cases_pages = Blueprint("cases", __name__)
 SEARCH_LIMIT = 200
 AUDIT_LIMIT = 500
 SUMMARY_HEADERS = ("From", "To", "Cc", "Bcc", "Date", "Subject", "Message-ID")
+# While an export is in these states the case page reloads itself this
+# often (a meta refresh: the portal serves no script).
+RUNNING_STATES = ("queued", "running")
+REFRESH_SECONDS = 5
 
 
 def register(app: Flask, settings: Settings) -> None:
@@ -174,11 +178,14 @@ def create() -> Any:
 def show(name: str, preview: Any = None, previewed: str = "") -> Any:
     cases, case = _case(name)
     holds = _holds(cases)
+    jobs = _exporter(cases).jobs(case)
     return render_template(
         "case.html", case=case, searches=cases.searches(case), notes=cases.notes(case),
-        holds=holds.active_holds(case), jobs=_exporter(cases).jobs(case),
+        holds=holds.active_holds(case), jobs=jobs,
         requests=pending(archive().control, "case:" + case.name),
-        preview=preview, previewed=previewed, files=_finished_files)
+        preview=preview, previewed=previewed, files=_finished_files,
+        running=any(job["state"] in RUNNING_STATES for job in jobs),
+        refresh_seconds=REFRESH_SECONDS)
 
 
 def _finished_files(job: dict[str, Any]) -> list[str]:
@@ -194,7 +201,8 @@ def add_search(name: str) -> Any:
     form = request.form
     try:
         cases.add_search(case, form.get("search", "").strip(), form.get("query", ""),
-                         principal(), custodians=form.get("custodians", "").split(),
+                         principal(),
+                         custodians=form.get("custodians", "").replace(",", " ").split(),
                          date_from=form.get("date_from", "").strip(),
                          date_to=form.get("date_to", "").strip())
     except QueryError as err:
@@ -216,7 +224,7 @@ def preview(name: str, search: str) -> Any:
 def hold(name: str, search: str) -> Any:
     cases, case = _case(name)
     count = _holds(cases).hold_search(case, cases.search(case, search), principal())
-    flash(f"{count} messages are now held by this case.")
+    flash(f"{count} messages are now held by this case.", "success")
     return redirect(url_for("cases.show", name=case.name))
 
 
@@ -225,7 +233,7 @@ def hold(name: str, search: str) -> Any:
 def hold_future(name: str) -> Any:
     cases, case = _case(name)
     _holds(cases).hold_future(case, principal())
-    flash("Future mail of the custodians is held.")
+    flash("Future mail of the custodians is held.", "success")
     return redirect(url_for("cases.show", name=case.name))
 
 
@@ -236,7 +244,7 @@ def release(name: str) -> Any:
     request_id = _holds(cases).release(case, principal(),
                                        two_person=_settings().ediscovery.two_person_release)
     flash(f"Release request {request_id} waits for a second person." if request_id
-          else "The case's holds are released.")
+          else "The case's holds are released.", "success")
     return redirect(url_for("cases.show", name=case.name))
 
 
@@ -245,7 +253,7 @@ def release(name: str) -> Any:
 def approve(name: str, request_id: int) -> Any:
     cases, case = _case(name)
     _holds(cases).approve(request_id, principal())
-    flash(f"Request {request_id} approved; the case's holds are released.")
+    flash(f"Request {request_id} approved; the case's holds are released.", "success")
     return redirect(url_for("cases.show", name=case.name))
 
 
@@ -284,7 +292,7 @@ def export(name: str, search: str) -> Any:
     job = exporter.start(case, cases.search(case, search), principal(),
                          request.form.get("format", "zip"))
     exporter.run_in_background(job, principal())
-    flash(f"Export job {job} started; its progress shows below.")
+    flash(f"Export job {job} started; its progress shows below.", "success")
     return redirect(url_for("cases.show", name=case.name))
 
 

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
-from flask import (Blueprint, Response, flash, redirect, render_template,
+import logging
+
+from flask import (Blueprint, Response, current_app, flash, redirect, render_template,
                    request, url_for)
 from flask_login import current_user, login_required
+from werkzeug.exceptions import ServiceUnavailable
 
 from indexer import QueryError
 from indexer.catalogue import SORTS
+from vault.audit_commit import AuditError
 from web.archive import archive, positive_int
 from web.signin import sign_in_page, sign_out
 from web.reading import show_message
+from web.times import time_element
+
+log = logging.getLogger(__name__)
 
 portal = Blueprint("portal", __name__)
+# {{ stored_time | moment }}: a stored time as a human <time> element
+# (the account pages' "when" gives the text alone).
+portal.add_app_template_filter(time_element, "moment")
 
 PER_PAGE = 20
+
+
+@portal.app_errorhandler(AuditError)
+def audit_unavailable(error: AuditError):
+    # Every access is audited before it is answered: an access that could
+    # not be recorded is refused, on every route of the application.
+    log.error("refused %s %s: %s", request.method, request.path, error,
+              extra={"event": "portal.audit_refused"})
+    return current_app.handle_user_exception(ServiceUnavailable(
+        "The archive could not record this access in its audit trail, so it was "
+        "not carried out. Please try again in a moment."))
 
 
 @portal.get("/")

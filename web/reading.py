@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
+import logging
 import re
 import secrets
 from email.parser import BytesHeaderParser
@@ -24,12 +26,15 @@ from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEnti
 from indexer.catalogue import utc_naive
 from indexer.extract import header_text
 from indexer.query import MAX_QUERY_CHARS
+from vault import VaultError
 from web.archive import archive
 from web.parts import INLINE_IMAGE_TYPES, MessageParts, download_type
 from web.part_scan import ScannedParts, message_parts, open_part
 from web.render import (FRAME_SANDBOX, frame_document, frame_policy, has_remote_images,
                          sanitize)
 from web.selection import FORMATS, mbox_chunks, read_each, zip_chunks
+
+log = logging.getLogger(__name__)
 
 reading = Blueprint("reading", __name__)
 
@@ -39,6 +44,8 @@ reading = Blueprint("reading", __name__)
 FULL_VIEW_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 SUMMARY_HEADERS = ("From", "To", "Cc", "Date", "Subject", "Message-ID")
+# The page's delivery details read at most this many receipts.
+MAX_DELIVERIES_SHOWN = 10
 # Served files themselves get a CSP sandbox: a browser that renders one
 # anyway (an old one, a misconfigured proxy) runs nothing from it.
 FILE_POLICY = "default-src 'none'; sandbox"
@@ -68,7 +75,8 @@ def show_message(message_id: str) -> Response:
                        for name in dict.fromkeys(headers.keys())]
     page = dict(message_id=message_id, subject=header_text(headers, "subject"),
                 summary=summary, all_headers=all_headers, remote=remote,
-                sandbox=FRAME_SANDBOX, shortened=len(raw) > FULL_VIEW_BYTES)
+                sandbox=FRAME_SANDBOX, shortened=len(raw) > FULL_VIEW_BYTES,
+                deliveries=_deliveries(message_id))
     if page["shortened"]:
         document = archive().catalogue.document(message_id) or {}
         page.update(text=document.get("preview", ""), files=ScannedParts(raw).files(),
@@ -86,6 +94,26 @@ def show_message(message_id: str) -> Response:
     response.headers["Content-Security-Policy"] = (
         CONTENT_SECURITY_POLICY + "; frame-src 'self'")
     return response
+
+
+def _deliveries(message_id: str) -> list[dict]:
+    """Return when the archive received the message, and the envelope sender.
+
+    Only the time and MAIL FROM of each receipt: its envelope recipients
+    may name other people's mailboxes (Bcc), which are not the reader's.
+    """
+    document = archive().catalogue.document(message_id) or {}
+    deliveries = []
+    for key in list(document.get("receipts", ()))[:MAX_DELIVERIES_SHOWN]:
+        try:
+            receipt = archive().vault.read_receipt(key)
+        except VaultError as err:
+            log.error("%s: receipt cannot be read for %s: %s", key, message_id, err,
+                      extra={"event": "portal.receipt_unreadable"})
+            continue
+        deliveries.append({"received_at": receipt.received_at,
+                           "mail_from": receipt.mail_from})
+    return deliveries
 
 
 @reading.get("/messages/<message_id>/body.html")

@@ -19,6 +19,7 @@ from flask_login import current_user, login_required
 from werkzeug.exceptions import Forbidden, NotFound
 
 from vault.roles import AUDIT_VIEW, MAIL_OWN, Principal, allows, load_principal
+from web.api import token_user
 from web.archive import archive
 
 # Endpoint -> (capability, answer when refused).
@@ -82,10 +83,7 @@ def install_guard(app: Flask) -> None:
         if rule is None:
             return None
         if request.blueprint == "api":
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            user = None
-            if scheme.lower() == "bearer" and token.strip():
-                user = archive().accounts.user_for_token(token.strip())
+            user = token_user()
             if user is None:
                 return None  # the view answers 401
             g.api_user = user
