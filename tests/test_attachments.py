@@ -355,7 +355,10 @@ def test_message_time_budget_bounds_all_its_parts(sandbox):
     started = time.monotonic()
     slow_parts = [(f"slow{n}.pdf", "application/pdf", slow) for n in range(4)]
     found = extract(message_with(*slow_parts), limits, sandbox)
-    assert time.monotonic() - started < 4
+    # The message budget is what stopped the last part ("not read", below);
+    # the clock only shows the whole stayed bounded, with room for a busy
+    # machine (4 s failed once at load average 13).
+    assert time.monotonic() - started < 10
     defects = partial_defects(found)
     assert len(defects) == 4
     assert any("slow3.pdf: not read" in defect for defect in defects)
