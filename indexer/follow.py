@@ -112,6 +112,12 @@ class Follower:
             if batch[-1] > cursor:
                 self._save_cursor(batch[-1], written_to)
             total += len(batch)
+            if len(batch) < self.batch_receipts:
+                # The listing ran out: listing again now would read the
+                # cursor's day once more to find, at most, receipts made
+                # during this batch, which the next pass (woken by the
+                # receiver) finds.
+                break
         return total
 
     def repair(self) -> int:
