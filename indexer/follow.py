@@ -23,7 +23,7 @@ from typing import Any
 
 from indexer.catalogue import CURSOR_NAME, SNIPPET_STORED_CHARS, Batch, Catalogue, utc
 from indexer.extract import Extract
-from indexer.extraction.parallel import ExtractionPool, shared_pool
+from indexer.extraction.parallel import ExtractionPool, extract_here, shared_pool
 from indexer.reconcile import Reconciler
 from vault import VaultError
 from vault.ingest import MESSAGES, Vault
@@ -112,6 +112,12 @@ class Follower:
             if batch[-1] > cursor:
                 self._save_cursor(batch[-1], written_to)
             total += len(batch)
+            if len(batch) < self.batch_receipts:
+                # The listing ran out: listing again now would read the
+                # cursor's day once more to find, at most, receipts made
+                # during this batch, which the next pass (woken by the
+                # receiver) finds.
+                break
         return total
 
     def repair(self) -> int:
@@ -232,6 +238,20 @@ class Follower:
                 log.error("%s: message cannot be read; not indexed",
                           message_key, exc_info=True,
                           extra={"event": "follower.bad_message"})
+
+    def _new_document(self, receipt: Receipt, message_id: str) -> dict | None:
+        """Return one message's document, extracted in this process.
+
+        For callers that build documents one by one (the portal
+        benchmark); the follower itself extracts in the pool.
+        """
+        try:
+            raw = self.vault.read_message(receipt.message_key)
+        except VaultError:
+            log.error("%s: message cannot be read; not indexed", receipt.message_key,
+                      exc_info=True, extra={"event": "follower.bad_message"})
+            return None
+        return new_document(receipt, message_id, extract_here(raw, self.pool.limits))
 
     def _save_cursor(self, key: str, generation: Path | None) -> None:
         path = self._own_cursor or (generation or self.catalogue.generation) / CURSOR_NAME
