@@ -342,7 +342,8 @@ def test_pathological_pdf_is_cut_off_at_the_time_bound(sandbox):
     found = extract(message_with(("slow.pdf", "application/pdf", slow),
                                  ("after.pdf", "application/pdf", tiny_pdf(["PIPIT"]))),
                     limits, sandbox)
-    assert time.monotonic() - started < 4
+    # The defect shows the 1 s bound stopped it; the clock allows a busy machine.
+    assert time.monotonic() - started < 10
     assert any("slow.pdf: reading stopped after 1.0 s" in defect
                for defect in partial_defects(found))
     assert "PIPIT" in found.attachment_text
