@@ -53,7 +53,9 @@ bench-receiver: $(VENV)/.installed
 bench-export: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.export_bench $(BENCH_ARGS)
 # Issue #5's catalogue figures for both engines: BENCH_ARGS=--quick for a
-# smoke run, BENCH_ARGS="--json PATH" to keep every figure.
+# smoke run, BENCH_ARGS="--json PATH" to keep every figure; the curve with
+# Whoosh held at 10k: BENCH_ARGS="--sizes 10000,30000,100000 --limit
+# whoosh=10000 --json PATH" (35-50 min here, half of it sealing the corpus).
 .PHONY: bench-catalogue
 bench-catalogue: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.catalogue_bench $(BENCH_ARGS)
