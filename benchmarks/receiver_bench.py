@@ -14,6 +14,12 @@ that each keep their connection (``-d``), into:
 (c1) with ``--receiver-alone``: serve's receiver without the catalogue
      follower and portal, to tell the receiver's cost from the indexer's.
 
+Serve runs ``receiver.processes`` receiver processes (``--processes``,
+by default one per CPU as serve's own default), so the run also measures
+(bN): bare aiosmtpd on as many processes sharing the port (SO_REUSEPORT),
+and reports the ratio to it beside the ratio to (b), which stays one
+process as the issue defines it.
+
 Message sets: 10,000 messages of 100 kB and 10,000 of 10 kB (fewer with
 ``--quick``).  For each: messages/s and MB/s (payload bytes, 10^6), and the
 ratios c/a and c/b.  Then the time from the end of DATA to the 250 reply,
@@ -29,7 +35,9 @@ Nothing leaves 127.0.0.1; every file is written under one scratch
 directory that the run removes.  Run from the repository root::
 
     python -m benchmarks.receiver_bench [--quick] [--json PATH] [--rounds N]
-                                        [--receiver-alone]
+                                        [--receiver-alone] [--processes N]
+                                        [--messages N] [--sizes 100,10]
+                                        [--servers sink,aiosmtpd,...]
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ def test_random_streams_of_line_ends_and_dots_agree_with_the_line_reader():
     # Random text over the four octets that matter, split at random points.
     generator = random.Random(4)
     for _ in range(2000):
-        body = bytes(generator.choice(b"\r\n.a") for _ in range(generator.randrange(40)))
+        length = generator.randrange(40)
+        body = bytes(generator.choice(b"\r\n.a") for _ in range(length))
         stream = body + b"\r\n.\r\n" + PIPELINED
         expected = line_by_line(stream)
         cuts = sorted(generator.sample(range(1, len(stream)), min(3, len(stream) - 1)))

@@ -90,7 +90,8 @@ def deliver_at_once(port: int, words: list[str]) -> dict[str, int]:
 
 def accepting_pids(log: str) -> set[int]:
     # Receiver processes name themselves in their log lines.
-    return {int(pid) for pid in re.findall(r"vault\.receiver\[(\d+)\]: \S+ accepted", log)}
+    lines = re.findall(r"vault\.receiver\[(\d+)\]: \S+ accepted", log)
+    return {int(pid) for pid in lines}
 
 
 def test_receiver_processes_share_the_port_and_archive_into_one_home(server):
@@ -125,7 +126,8 @@ def test_receiver_process_that_dies_is_started_again_and_logged_once(server):
         time.sleep(0.1)
     assert survivor in current and len(current) == PROCESSES
     [replacement] = current - {survivor}
-    while f"receiver process {replacement} listening" not in server.log_path.read_text():
+    listening = f"receiver process {replacement} listening"
+    while listening not in server.log_path.read_text():
         assert time.monotonic() < deadline, "the new receiver process did not listen"
         time.sleep(0.1)
 

@@ -61,7 +61,8 @@ class Committer(Protocol):
     safe to call from many threads at once.
     """
 
-    def submit(self, tiers: Sequence[Sequence[Put]]) -> concurrent.futures.Future[None]: ...
+    def submit(self, tiers: Sequence[Sequence[Put]]
+               ) -> concurrent.futures.Future[None]: ...
 
     def commit(self, tiers: Sequence[Sequence[Put]]) -> None: ...
 
@@ -173,7 +174,8 @@ class GroupCommitter:
                 staged.append([])
                 for put in tier:
                     if put.data is None:
-                        staged[-1].append(self.store.stage_lock(put.key, put.retain_until))
+                        staged[-1].append(
+                            self.store.stage_lock(put.key, put.retain_until))
                         continue
                     staged[-1].append(self.store.stage(
                         put.key, put.data, retain_until=put.retain_until,

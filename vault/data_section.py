@@ -23,7 +23,8 @@ END_OF_DATA = b"\r\n.\r\n"
 _COMMAND_END = b"\r\n"
 
 
-async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> bytes | None:
+async def read_data(reader: asyncio.StreamReader,
+                    size_limit: int | None) -> bytes | None:
     """Read up to and including the end-of-data line; return the message.
 
     The message comes back dot-unstuffed, with every line end as sent.

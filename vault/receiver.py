@@ -254,7 +254,8 @@ class JournalHandler:
         return _reply(server, recipients, OK_250.format(receipt=name), (
             lambda recipient: OK_250_LMTP.format(recipient=recipient, receipt=name)))
 
-    def _log_accepted(self, session: Session, delivery: Envelope, receipt: Receipt) -> None:
+    def _log_accepted(self, session: Session, delivery: Envelope,
+                      receipt: Receipt) -> None:
         # How the copy came matters to an auditor as much as that it came.
         tls = _tls_version(session)
         sender = _journal_sender(session)

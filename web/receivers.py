@@ -156,10 +156,12 @@ class ReceiverProcesses:
 
     def _addresses(self) -> list[tuple[str, tuple[str, int]]]:
         receiving = self.settings.receiver
-        addresses = [("receiver.listen", parse_listen("receiver.listen", receiving.listen))]
-        if receiving.lmtp_listen:
-            addresses.append(("receiver.lmtp_listen",
-                              parse_listen("receiver.lmtp_listen", receiving.lmtp_listen)))
+        names = ["receiver.listen"] + (["receiver.lmtp_listen"]
+                                       if receiving.lmtp_listen else [])
+        addresses = []
+        for name in names:
+            value = getattr(receiving, name.partition(".")[2])
+            addresses.append((name, parse_listen(name, value)))
         return addresses
 
     def _start_child(self, slot: int) -> None:
@@ -171,8 +173,8 @@ class ReceiverProcesses:
         theirs.close()
         self._children[slot] = (process, ours)
         if not ours.poll(READY_SECONDS):
-            raise RuntimeError(f"receiver process {process.pid} did not start listening "
-                               f"within {READY_SECONDS:.0f} s")
+            raise RuntimeError(f"receiver process {process.pid} did not start "
+                               f"listening within {READY_SECONDS:.0f} s")
         try:
             status = ours.recv()
         except EOFError:
@@ -228,8 +230,8 @@ def _wait_until_free(name: str, host: str, port: int) -> None:
                 return
             except OSError as err:
                 if time.monotonic() > deadline:
-                    raise ConfigError(f"setting {name}: cannot listen on {host}:{port}: "
-                                      f"{err.strerror}") from None
+                    raise ConfigError(f"setting {name}: cannot listen on "
+                                      f"{host}:{port}: {err.strerror}") from None
         time.sleep(0.1)
 
 

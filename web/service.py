@@ -101,19 +101,20 @@ class Service:
             app, host=web_host, port=web_port, threads=self.settings.portal.threads,
             ident="strongroom",
         )
-        self.receiver.start()
         follower = threading.Thread(
             target=self._follow,
             args=(self._stop, self.settings.catalogue.poll_interval,
                   self.settings.catalogue.repair_interval),
             name="follower",
         )
-        follower.start()
         sealer = threading.Thread(target=self._seal_audit, name="audit-sealer")
-        sealer.start()
-        log.info("portal listening on http://%s:%d/", web_host, web_port,
-                 extra={"event": "portal.started"})
         try:
+            # A stop may come while receiver processes are still starting.
+            self.receiver.start()
+            follower.start()
+            sealer.start()
+            log.info("portal listening on http://%s:%d/", web_host, web_port,
+                     extra={"event": "portal.started"})
             server.run()
         except (SystemExit, KeyboardInterrupt):
             pass
@@ -123,6 +124,7 @@ class Service:
             self.receiver.stop()
             self._stop.set()
             self.follower.wake.set()
-            follower.join(timeout=60)
-            sealer.join(timeout=60)
+            for thread in (follower, sealer):
+                if thread.ident is not None:
+                    thread.join(timeout=60)
             log.info("stopped", extra={"event": "service.stopped"})
