@@ -55,9 +55,13 @@ def receivers(server: ArchiveServer, count: int = PROCESSES) -> set[int]:
     while True:
         running = {pid for pid in children(server.process.pid)
                    if b"spawn_main" in _command_line(pid)}
-        if len(running) == count:
+        # Spawned is not yet listening: the first process to listen already
+        # answers on the port while the others still import the product.
+        listening = {int(pid) for pid in re.findall(r"receiver process (\d+) listening",
+                                                    server.log_path.read_text())}
+        if len(running) == count and running <= listening:
             return running
-        assert time.monotonic() < deadline, f"receiver processes: {running}"
+        assert time.monotonic() < deadline, f"receiver processes: {running}, {listening}"
         time.sleep(0.1)
 
 
