@@ -18,6 +18,7 @@ from vault.control import ControlDB
 from vault.ingest import open_vault
 from vault.ownership import Envelope
 from vault.roles import load_principal
+from web.app import create_app
 
 PASSWORD = "correct horse battery"
 PEOPLE = {
@@ -63,6 +64,15 @@ def make_home(tmp_path: Path, monkeypatch, config: str = "") -> Path:
     home = homes.make_home(tmp_path, PEOPLE, config, password=PASSWORD)
     deliver(home, MAIL)
     return home
+
+
+def portal_app(home: Path):
+    """Return the portal on ``home`` in Flask's test mode."""
+    settings = load(home)
+    app = create_app(settings, vault=open_vault(settings),
+                     catalogue=Catalogue(settings.path(settings.catalogue.path)))
+    app.config["TESTING"] = True
+    return app
 
 
 def deliver(home: Path, mail: list[tuple[str, str, str, str]]) -> None:

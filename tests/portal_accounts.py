@@ -47,6 +47,14 @@ def sign_in(client, address=BOB, password=PASSWORD):
         "address": address, "password": password, "csrf_token": csrf_token(client)})
 
 
+def signed_in(app, address=BOB, password=PASSWORD):
+    """Return a test client of ``app`` signed in as ``address``."""
+    client = app.test_client()
+    response = sign_in(client, address, password)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return client
+
+
 def post_form(client, path, fields, csrf_from=None):
     """Post a form with the CSRF token of the page at ``csrf_from`` (or ``path``)."""
     token = csrf_token(client, csrf_from or path)

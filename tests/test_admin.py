@@ -11,11 +11,11 @@ import pytest
 
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
-from tests.ediscovery import PASSWORD, make_home, message
+from tests.ediscovery import make_home, message, portal_app
+from tests.portal_accounts import csrf_token, sign_in, signed_in
 from vault.config import load
 from vault.ingest import open_vault
 from vault.ownership import Envelope
-from web.app import create_app
 
 ADMIN = "admin@example.com"
 ADMIN_PASSWORD = "admin password 1"
@@ -33,27 +33,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(home):
-    settings = load(home)
-    app = create_app(settings, vault=open_vault(settings),
-                     catalogue=Catalogue(settings.path(settings.catalogue.path)))
-    app.config["TESTING"] = True
-    return app
-
-
-def csrf_token(client, path="/login"):
-    page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def sign_in(client, address, password=PASSWORD):
-    return client.post("/login", data={"address": address, "password": password,
-                                       "csrf_token": csrf_token(client)})
-
-
-def signed_in(app, address, password=PASSWORD):
-    client = app.test_client()
-    assert sign_in(client, address, password).status_code == 302
-    return client
+    return portal_app(home)
 
 
 def events(app, **filters):

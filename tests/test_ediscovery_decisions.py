@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.ediscovery import make_home
+from tests.ediscovery import make_home, portal_app
 from tests.test_ediscovery_portal import ids_found, open_case, signed_in
 from vault.audit_redaction import REDACTED
 from vault.config import load
@@ -28,15 +28,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(home):
-    from indexer.catalogue import Catalogue
-    from vault.ingest import open_vault
-    from web.app import create_app
-
-    settings = load(home)
-    app = create_app(settings, vault=open_vault(settings),
-                     catalogue=Catalogue(settings.path(settings.catalogue.path)))
-    app.config["TESTING"] = True
-    return app
+    return portal_app(home)
 
 
 def events(home, **where):

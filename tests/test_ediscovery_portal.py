@@ -14,11 +14,9 @@ import zipfile
 
 import pytest
 
-from indexer.catalogue import Catalogue
-from tests.ediscovery import PASSWORD, audit_actions, make_home
+from tests.ediscovery import audit_actions, make_home, portal_app
+from tests.portal_accounts import csrf_token, signed_in
 from vault.config import load
-from vault.ingest import open_vault
-from web.app import create_app
 
 
 @pytest.fixture
@@ -28,24 +26,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(home):
-    settings = load(home)
-    app = create_app(settings, vault=open_vault(settings),
-                     catalogue=Catalogue(settings.path(settings.catalogue.path)))
-    app.config["TESTING"] = True
-    return app
-
-
-def csrf_token(client, path="/login"):
-    page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def signed_in(app, address, password=PASSWORD):
-    client = app.test_client()
-    response = client.post("/login", data={"address": address, "password": password,
-                                           "csrf_token": csrf_token(client)})
-    assert response.status_code == 302, response.get_data(as_text=True)
-    return client
+    return portal_app(home)
 
 
 def post(client, path, data=None, page="/cases"):
@@ -162,13 +143,12 @@ def test_compliance_officer_holds_exports_and_downloads_with_every_step_audited(
 
 def test_two_person_release_through_the_portal(tmp_path, monkeypatch):
     home = make_home(tmp_path, monkeypatch, config="[ediscovery]\ntwo_person_release = true\n")
-    settings = load(home)
-    app = create_app(settings)
-    app.config["TESTING"] = True
+    app = portal_app(home)
     officer = open_case(app, members=["comp2@example.com"])
     page = "/cases/kestrel"
     post(officer, "/cases/kestrel/searches/merger/hold", page=page)
-    text = post(officer, "/cases/kestrel/release", page=page).get_data(as_text=True)
+    # The release waits for a second officer: a request, not a release.
+    assert post(officer, "/cases/kestrel/release", page=page).status_code == 302
     request_id = re.search(r"Request (\d+)", officer.get(page).get_data(as_text=True)).group(1)
     assert "Approve" not in officer.get(page).get_data(as_text=True)
     assert post(officer, f"/cases/kestrel/approvals/{request_id}", page=page).status_code == 400
