@@ -62,3 +62,15 @@ def archive_server(tmp_path):
 def engine(request) -> str:
     """Each catalogue engine in turn: both pass the same tests."""
     return request.param
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Debian's Chromium, headless, downloading into the test's folder."""
+    from tests.peers.chromium import Chromium, require_chromium
+
+    require_chromium()
+    browser = Chromium(downloads=tmp_path / "downloads")
+    browser.start()
+    yield browser
+    browser.stop()

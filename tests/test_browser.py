@@ -17,8 +17,7 @@ import pytest
 from tests import demo_mail
 from tests.conftest import CASES
 from tests.harness import USER_PASSWORD, ArchiveServer
-from tests.peers.chromium import (DESKTOP, PHONE, Chromium, full_page_screenshot,
-                                  require_chromium)
+from tests.peers.chromium import DESKTOP, PHONE, full_page_screenshot
 from tests.peers.dovecot import Dovecot, require_dovecot
 from vault.config import load
 from vault.control import ControlDB
@@ -138,15 +137,6 @@ def server(tmp_path, dovecot):
     assert server.wait_for(token, "*", count=expected, timeout=30)["total"] == expected
     yield server
     server.stop()
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    require_chromium()
-    browser = Chromium(downloads=tmp_path / "downloads")
-    browser.start()
-    yield browser
-    browser.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 
 from tests import demo_mail
 from tests.harness import ADMIN_PASSWORD, USER_PASSWORD, ArchiveServer
-from tests.peers.chromium import Chromium, require_chromium
 from tests.test_browser import SCREENSHOTS, Portal, server_audit
 
 ADMIN = "admin@example.com"
@@ -69,15 +68,6 @@ def server(tmp_path):
         messages)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    require_chromium()
-    browser = Chromium(downloads=tmp_path / "downloads")
-    browser.start()
-    yield browser
-    browser.stop()
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import pytest
 
 from tests.ediscovery import MAIL, audit_actions, message
 from tests.harness import ADMIN_PASSWORD, USER_PASSWORD, ArchiveServer
-from tests.peers.chromium import (DESKTOP, PHONE, Chromium, full_page_screenshot,
-                                  require_chromium)
+from tests.peers.chromium import DESKTOP, PHONE, full_page_screenshot
 
 OFFICER = "comp@example.com"
 AUDITOR = "aud@example.com"
@@ -45,15 +44,6 @@ def server(tmp_path):
         assert server.wait_for(token, "*", count=expected, timeout=30)["total"] == expected
     yield server
     server.stop()
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    require_chromium()
-    browser = Chromium(downloads=tmp_path / "downloads")
-    browser.start()
-    yield browser
-    browser.stop()
 
 
 def sign_in(page, base_url: str, address: str, password: str, landing: str) -> None:
