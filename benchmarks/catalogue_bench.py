@@ -233,7 +233,10 @@ class EngineRun:
             word = f"fresh{number}"
             # In the Subject: the first blank line of a multipart message
             # opens its preamble, which no reader indexes.
-            raw = raw.replace(b"\nSubject: ", f"\nSubject: {word} ".encode(), 1)
+            # A long Subject is folded right after its colon: put the word
+            # there, so the probe never sends a message without it.
+            raw = raw.replace(b"\nSubject:", f"\nSubject: {word}".encode(), 1)
+            assert word.encode() in raw, f"message {number} has no Subject"
             owners = frozenset({envelope.rcpt_tos[0]})
             started = time.perf_counter()
             self.vault.archive(raw, envelope)
