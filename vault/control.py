@@ -189,6 +189,18 @@ CREATE TABLE IF NOT EXISTS exports (
     error       TEXT NOT NULL DEFAULT ''
 );
 """
+# Shared mailboxes (web/accounts.py): a mailbox an administrator lets
+# another account read besides its owner (a team address, a departed
+# colleague's mail), who granted it and when.
+SCHEMA += """
+CREATE TABLE IF NOT EXISTS mailbox_shares (
+    address    TEXT NOT NULL,
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    PRIMARY KEY (address, user_id)
+);
+"""
 # Restores to mailbox (web/restore_jobs.py): each job and the messages
 # that failed, so a job's status outlives the process that ran it.
 SCHEMA += """

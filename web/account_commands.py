@@ -1,4 +1,4 @@
-"""``strongroom user unlock | signout | totp-reset``: an operator's remedies.
+"""``strongroom user unlock | signout | totp-reset | share | unshare``.
 
 Each acts on one account named by address, is audited under the operator
 who ran it, and prints what it did.  The admin page (``web.admin``) offers
@@ -47,6 +47,28 @@ def user_totp_reset(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def user_share(arguments: argparse.Namespace) -> int:
+    """Let an account read a shared mailbox besides its own."""
+    from web.cli import _accounts, _control, _settings
+
+    settings = _settings(arguments)
+    user = _accounts(settings, _control(settings)).share(
+        arguments.mailbox, arguments.address, arguments.actor)
+    print(f"{user.address} now reads {', '.join(sorted(user.mailboxes))}")
+    return 0
+
+
+def user_unshare(arguments: argparse.Namespace) -> int:
+    """Take a shared mailbox back from an account."""
+    from web.cli import _accounts, _control, _settings
+
+    settings = _settings(arguments)
+    user = _accounts(settings, _control(settings)).unshare(
+        arguments.mailbox, arguments.address, arguments.actor)
+    print(f"{user.address} now reads {', '.join(sorted(user.mailboxes))}")
+    return 0
+
+
 def add_commands(users: argparse._SubParsersAction, command, actor: str) -> None:
     """Add the commands to the ``user`` group; ``command`` makes each parser."""
     for name, function, help_text in (
@@ -55,6 +77,13 @@ def add_commands(users: argparse._SubParsersAction, command, actor: str) -> None
             ("totp-reset", user_totp_reset, "remove an account's second factor")):
         sub = command(name, function, help_text, parent=users)
         sub.add_argument("address")
+        sub.add_argument("--actor", default=actor, help="who does it (for the audit)")
+    for name, function, help_text in (
+            ("share", user_share, "let an account read a shared mailbox too"),
+            ("unshare", user_unshare, "take a shared mailbox back from an account")):
+        sub = command(name, function, help_text, parent=users)
+        sub.add_argument("mailbox", help="the archive mailbox, e.g. sales@example.com")
+        sub.add_argument("address", help="the account that reads it")
         sub.add_argument("--actor", default=actor, help="who does it (for the audit)")
 
 

@@ -110,10 +110,45 @@ class Accounts:
             if row is None:
                 return None
             mailboxes = connection.execute(
-                "SELECT address FROM mailboxes WHERE user_id = ?", (row["id"],)
+                "SELECT address FROM mailboxes WHERE user_id = ?"
+                " UNION SELECT address FROM mailbox_shares WHERE user_id = ?",
+                (row["id"], row["id"]),
             ).fetchall()
         return User(row["id"], row["address"], row["role"],
                     frozenset(m["address"] for m in mailboxes))
+
+    def share(self, mailbox: str, address: str, actor: str) -> User:
+        """Let the account ``address`` read ``mailbox`` too; return it as it is now."""
+        mailbox = normalise(mailbox)
+        if not self.rules.is_local(mailbox):
+            raise AccountError(f"{mailbox} is not in the archive's domains "
+                               f"({', '.join(self.rules.domains) or 'none configured'})")
+        user = self.get(address=address)
+        if user is None:
+            raise AccountError(f"no account for {normalise(address)}")
+        if mailbox in user.mailboxes:
+            raise AccountError(f"{user.address} already reads {mailbox}")
+        with self.control.connect() as connection:
+            connection.execute(
+                "INSERT INTO mailbox_shares (address, user_id, granted_by, granted_at)"
+                " VALUES (?, ?, ?, ?)", (mailbox, user.id, actor, now().isoformat()))
+        self.control.audit(actor, "mailbox.shared", user.address, mailbox=mailbox)
+        return self.get(user_id=user.id) or user
+
+    def unshare(self, mailbox: str, address: str, actor: str) -> User:
+        """Take back a shared mailbox; the account's own addresses stay."""
+        mailbox = normalise(mailbox)
+        user = self.get(address=address)
+        if user is None:
+            raise AccountError(f"no account for {normalise(address)}")
+        with self.control.connect() as connection:
+            removed = connection.execute(
+                "DELETE FROM mailbox_shares WHERE address = ? AND user_id = ?",
+                (mailbox, user.id)).rowcount
+        if not removed:
+            raise AccountError(f"{mailbox} is not shared with {user.address}")
+        self.control.audit(actor, "mailbox.unshared", user.address, mailbox=mailbox)
+        return self.get(user_id=user.id) or user
 
     def authenticate(self, address: str, password: str) -> User | None:
         """Return the user if the password is right, else None (same cost).

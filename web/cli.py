@@ -409,7 +409,10 @@ def _progress_bar(items, label: str, total: int | None):
 
 
 def _control(settings: Settings) -> ControlDB:
-    return ControlDB(settings.path(settings.control.database))
+    control = ControlDB(settings.path(settings.control.database))
+    # Tables added since the home was made appear here (all idempotent).
+    control.create()
+    return control
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
