@@ -48,23 +48,13 @@ def user_totp_reset(arguments: argparse.Namespace) -> int:
 
 
 def user_share(arguments: argparse.Namespace) -> int:
-    """Let an account read a shared mailbox besides its own."""
+    """Let an account read a shared mailbox besides its own, or take it back."""
     from web.cli import _accounts, _control, _settings
 
     settings = _settings(arguments)
-    user = _accounts(settings, _control(settings)).share(
-        arguments.mailbox, arguments.address, arguments.actor)
-    print(f"{user.address} now reads {', '.join(sorted(user.mailboxes))}")
-    return 0
-
-
-def user_unshare(arguments: argparse.Namespace) -> int:
-    """Take a shared mailbox back from an account."""
-    from web.cli import _accounts, _control, _settings
-
-    settings = _settings(arguments)
-    user = _accounts(settings, _control(settings)).unshare(
-        arguments.mailbox, arguments.address, arguments.actor)
+    accounts = _accounts(settings, _control(settings))
+    change = accounts.share if arguments.share else accounts.unshare
+    user = change(arguments.mailbox, arguments.address, arguments.actor)
     print(f"{user.address} now reads {', '.join(sorted(user.mailboxes))}")
     return 0
 
@@ -78,10 +68,11 @@ def add_commands(users: argparse._SubParsersAction, command, actor: str) -> None
         sub = command(name, function, help_text, parent=users)
         sub.add_argument("address")
         sub.add_argument("--actor", default=actor, help="who does it (for the audit)")
-    for name, function, help_text in (
-            ("share", user_share, "let an account read a shared mailbox too"),
-            ("unshare", user_unshare, "take a shared mailbox back from an account")):
-        sub = command(name, function, help_text, parent=users)
+    for name, help_text in (
+            ("share", "let an account read a shared mailbox too"),
+            ("unshare", "take a shared mailbox back from an account")):
+        sub = command(name, user_share, help_text, parent=users)
+        sub.set_defaults(share=name == "share")
         sub.add_argument("mailbox", help="the archive mailbox, e.g. sales@example.com")
         sub.add_argument("address", help="the account that reads it")
         sub.add_argument("--actor", default=actor, help="who does it (for the audit)")
