@@ -67,7 +67,9 @@ def _seal_audit(home: Path) -> None:
 
     try:
         settings = load(home)
-        seal_pending(_control(settings), open_vault(settings))
+        # The command already opened (and brought up to date) the database.
+        control = ControlDB(settings.path(settings.control.database))
+        seal_pending(control, open_vault(settings))
     except ConfigError:
         return
     except Exception:
