@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from indexer import IndexerError
 from indexer.catalogue import CURSOR_NAME, SNIPPET_STORED_CHARS, Batch, Catalogue, utc
 from indexer.extract import Extract
 from indexer.extraction.parallel import ExtractionPool, extract_here, shared_pool
@@ -37,8 +39,10 @@ PLAUSIBLE_CLOCK_SKEW = dt.timedelta(days=1)
 # visible late; longer than any store write takes.
 DEFAULT_OVERLAP = dt.timedelta(seconds=30)
 DEFAULT_REPAIR_SECONDS = 600.0
-READ_THREADS = 4
-READ_AHEAD = 32
+READ_AHEAD_PER_THREAD = 4
+# Characters of documents waiting for the writer while it commits the
+# batch before: about 64 MB of Python text at most.
+CHANNEL_CHARS = 16_000_000
 
 
 class Follower:
@@ -87,38 +91,70 @@ class Follower:
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Index every receipt not yet indexed; return how many."""
         total = 0
-        while stop is None or not stop.is_set():
-            generation = self.catalogue.generation
-            if generation != self._generation:
-                # A new index (reindex) has not seen what this one skips.
-                self._recent.clear()
-                self._generation = generation
-            cursor = self.cursor
-            floor = self._floor(cursor)
-            self._recent = {key for key in self._recent if key > floor}
-            batch = []
-            for key in self.vault.receipts_after(floor):
-                if key not in self._recent:
-                    batch.append(key)
-                    if len(batch) >= self.batch_receipts:
-                        break
-            if not batch:
-                break
-            written_to = self._index_batch(batch)
-            self.on_batch(batch)
-            if written_to != self._generation:
-                continue
-            self._recent.update(batch)
-            if batch[-1] > cursor:
-                self._save_cursor(batch[-1], written_to)
-            total += len(batch)
-            if len(batch) < self.batch_receipts:
-                # The listing ran out: listing again now would read the
-                # cursor's day once more to find, at most, receipts made
-                # during this batch, which the next pass (woken by the
-                # receiver) finds.
-                break
+        with ThreadPoolExecutor(1, thread_name_prefix="catalogue-writer") as writer:
+            while stop is None or not stop.is_set():
+                generation = self.catalogue.generation
+                if generation != self._generation:
+                    # A new index (reindex) has not seen what this one skips.
+                    self._recent.clear()
+                    self._generation = generation
+                floor = self._floor(self.cursor)
+                self._recent = {key for key in self._recent if key > floor}
+                listed = (key for key in self.vault.receipts_after(floor)
+                          if key not in self._recent)
+                indexed, complete = self._index_listed(listed, writer, stop)
+                total += indexed
+                if complete:
+                    # The listing ran out: listing again now would read the
+                    # cursor's day once more to find, at most, receipts made
+                    # meanwhile, which the next pass (woken by the receiver)
+                    # finds.
+                    break
         return total
+
+    def _index_listed(self, listed: Iterator[str], writer: ThreadPoolExecutor,
+                      stop: threading.Event | None) -> tuple[int, bool]:
+        """Index ``listed`` in batches, each prepared while the last commits.
+
+        Return how many receipts were indexed into the generation followed,
+        and whether the listing was gone through (False when stopped, or
+        when a reindex swapped generations and the listing must restart).
+        """
+        indexed = 0
+        cursor = self.cursor
+        in_flight: tuple[list[str], Future[Path]] | None = None
+        failed = threading.Event()
+        complete = True
+        for keys in _batches(listed, self.batch_receipts):
+            if stop is not None and stop.is_set():
+                complete = False
+                break
+            queued = (keys, self._queue_batch(keys, writer, failed))
+            if in_flight is not None:
+                if not self._settle(*in_flight, cursor):
+                    in_flight = queued
+                    complete = False
+                    break
+                indexed += len(in_flight[0])
+                cursor = max(cursor, in_flight[0][-1])
+            in_flight = queued
+        if in_flight is not None:
+            if self._settle(*in_flight, cursor):
+                indexed += len(in_flight[0])
+            else:
+                complete = False
+        return indexed, complete
+
+    def _settle(self, keys: list[str], written: Future[Path], cursor: str) -> bool:
+        """Record a batch once committed; False if it went to another generation."""
+        written_to = written.result()
+        self.on_batch(keys)
+        if written_to != self._generation:
+            return False
+        self._recent.update(keys)
+        if keys[-1] > cursor:
+            self._save_cursor(keys[-1], written_to)
+        return True
 
     def repair(self) -> int:
         """Index every stored message the catalogue lacks; return how many.
@@ -172,17 +208,74 @@ class Follower:
 
     def _index_batch(self, receipt_keys: list[str]) -> Path:
         """Index the receipts in one batch; return the generation written."""
-        with self.catalogue.batch() as batch:
-            planned = self._plan(self._read_receipts(receipt_keys), batch)
+        with ThreadPoolExecutor(1, thread_name_prefix="catalogue-writer") as writer:
+            return self._queue_batch(receipt_keys, writer, threading.Event()).result()
+
+    def _queue_batch(self, receipt_keys: list[str], writer: ThreadPoolExecutor,
+                     failed: threading.Event) -> Future[Path]:
+        """Extract a batch here and hand its documents to ``writer``.
+
+        ``writer`` commits batches one after another in its one thread, so
+        this batch is read and extracted while the one before commits; its
+        documents wait in a bounded channel meanwhile.  Once one batch
+        fails to commit (``failed``), the batches after it are discarded
+        unwritten, so that the cursor never passes a batch not written.
+        """
+        planned = self._plan(self._read_receipts(receipt_keys))
+        channel = _Channel(CHANNEL_CHARS)
+        written = writer.submit(self._write_batch, planned, channel, failed)
+        try:
             for document in self._documents(planned):
-                if planned[document["id"]].stored is None:
-                    batch.add(document)
-                else:
-                    batch.put(document)
-        return getattr(batch, "generation", self._generation)
+                channel.put(document, _size(document))
+        except BaseException:
+            channel.put(_ABORT, 0)
+            raise
+        channel.put(_END, 0)
+        return written
+
+    def _write_batch(self, planned: dict[str, _Planned], channel: _Channel,
+                     failed: threading.Event) -> Path:
+        """Write one batch's documents as they come, and commit them."""
+        try:
+            if failed.is_set():
+                raise IndexerError("not written: an earlier batch failed")
+            with self.catalogue.batch() as batch:
+                for document in channel:
+                    if document is _ABORT:
+                        raise IndexerError("not written: reading the batch failed")
+                    self._merge_into(batch, planned[document["id"]], document)
+            return getattr(batch, "generation", self._generation)
+        except BaseException:
+            failed.set()
+            channel.drain()
+            raise
+
+    @staticmethod
+    def _merge_into(batch: Batch, plan: _Planned, document: dict) -> None:
+        """Add a document, or merge its receipts into the one indexed.
+
+        The catalogue is asked here, in the batch that writes, rather than
+        when the batch was planned: the batch before, committing
+        meanwhile, may have indexed the same message.
+        """
+        stored = batch.get(document["id"])
+        if stored is not None:
+            if all(key in stored["receipts"] for key, _ in plan.receipts):
+                return
+            document["owners"] = list(stored["owners"])
+            document["receipts"] = list(stored["receipts"])
+        for key, receipt in plan.receipts:
+            if key not in document["receipts"]:
+                document["receipts"] = [*document["receipts"], key]
+            document["owners"] = sorted(set(document["owners"]) | set(receipt.owners))
+        if stored is None:
+            batch.add(document)
+        else:
+            batch.put(document)
 
     def _read_receipts(self, receipt_keys: list[str]) -> Iterator[tuple[str, Receipt]]:
-        for key, reading in read_ahead(self.vault.read_receipt, receipt_keys):
+        for key, reading in read_ahead(self.vault.read_receipt, receipt_keys,
+                                       self.vault.store.parallel_reads):
             try:
                 yield key, reading.result()
             except Exception:
@@ -191,18 +284,17 @@ class Follower:
                 log.exception("%s: receipt cannot be read; not indexed", key,
                               extra={"event": "follower.bad_receipt"})
 
-    def _plan(self, receipts: Iterable[tuple[str, Receipt]],
-              batch: Batch) -> dict[str, _Planned]:
-        """Group the receipts by message, leaving out those already indexed."""
+    def _plan(self, receipts: Iterable[tuple[str, Receipt]]) -> dict[str, _Planned]:
+        """Group the receipts by message.
+
+        Receipts already indexed are left out by the writer (see
+        ``_merge_into``), after extraction: only those of the overlap
+        window after a restart, which ``_recent`` no longer remembers.
+        """
         planned: dict[str, _Planned] = {}
         for key, receipt in receipts:
             message_id = receipt.message_key.removeprefix(MESSAGES + "/")
-            if message_id not in planned:
-                stored = batch.get(message_id)
-                if stored and key in stored["receipts"]:
-                    continue
-                planned[message_id] = _Planned(receipt, stored)
-            planned[message_id].receipts.append((key, receipt))
+            planned.setdefault(message_id, _Planned(receipt)).receipts.append((key, receipt))
         return planned
 
     def _documents(self, planned: dict[str, _Planned]) -> Iterator[dict]:
@@ -215,23 +307,15 @@ class Follower:
         for message_id, found in extracted:
             plan = planned[message_id]
             try:
-                document = new_document(plan.first, message_id, found)
+                yield new_document(plan.first, message_id, found)
             except Exception:
                 log.exception("%s: not indexed", plan.first.message_key,
                               extra={"event": "follower.receipt_failed"})
-                continue
-            if plan.stored:
-                document["owners"] = list(plan.stored["owners"])
-                document["receipts"] = list(plan.stored["receipts"])
-            for key, receipt in plan.receipts:
-                if key not in document["receipts"]:
-                    document["receipts"] = [*document["receipts"], key]
-                document["owners"] = sorted(set(document["owners"]) | set(receipt.owners))
-            yield document
 
     def _raw_messages(self, planned: dict[str, _Planned]) -> Iterator[tuple[str, bytes]]:
         keys = {plan.first.message_key: message_id for message_id, plan in planned.items()}
-        for message_key, reading in read_ahead(self.vault.read_message, list(keys)):
+        for message_key, reading in read_ahead(self.vault.read_message, list(keys),
+                                                 self.vault.store.parallel_reads):
             try:
                 yield keys[message_key], reading.result()
             except VaultError:
@@ -263,41 +347,117 @@ class Follower:
         os.replace(scratch, path)
 
 
-def read_ahead(read: Callable[[str], Any], keys: list[str]
+def read_ahead(read: Callable[[str], Any], keys: list[str], parallel: int
                ) -> Iterator[tuple[str, Future[Any]]]:
-    """Yield ``(key, future of read(key))`` in order, reading ahead in threads.
+    """Yield ``(key, future of read(key))`` in order, ``parallel`` reads at once.
 
-    Reading a stored object waits on the disk (or S3) more than on the
-    CPU; a few reads in flight keep the pool of extractors fed.  At most
-    READ_AHEAD objects are held before the caller takes them.
+    A store whose reads wait on the network (S3) is read ahead in threads,
+    which keeps the pool of extractors fed; at most ``READ_AHEAD_PER_THREAD``
+    objects per thread are held before the caller takes them.  With
+    ``parallel`` 1 each object is read in line when the caller asks for it.
     """
+    if parallel <= 1:
+        for key in keys:
+            reading: Future[Any] = Future()
+            try:
+                reading.set_result(read(key))
+            except Exception as err:
+                reading.set_exception(err)
+            yield key, reading
+        return
     pending: collections.deque[tuple[str, Future[Any]]] = collections.deque()
+    readers = _readers(parallel)
     for key in keys:
-        pending.append((key, _readers().submit(read, key)))
-        if len(pending) >= READ_AHEAD:
+        pending.append((key, readers.submit(read, key)))
+        if len(pending) >= READ_AHEAD_PER_THREAD * parallel:
             yield pending.popleft()
     yield from pending
 
 
-_reader_threads: ThreadPoolExecutor | None = None
+_reader_threads: dict[int, ThreadPoolExecutor] = {}
 _reader_lock = threading.Lock()
 
 
-def _readers() -> ThreadPoolExecutor:
-    global _reader_threads
+def _readers(threads: int) -> ThreadPoolExecutor:
     with _reader_lock:
-        if _reader_threads is None:
-            _reader_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="vault-read")
-        return _reader_threads
+        if threads not in _reader_threads:
+            _reader_threads[threads] = ThreadPoolExecutor(threads,
+                                                          thread_name_prefix="vault-read")
+        return _reader_threads[threads]
 
 
 @dataclasses.dataclass
 class _Planned:
-    """A message to index in this batch: its first receipt, stored document."""
+    """A message to index in this batch: its first receipt, and all of them."""
 
     first: Receipt
-    stored: dict | None
     receipts: list[tuple[str, Receipt]] = dataclasses.field(default_factory=list)
+
+
+def _batches(keys: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Yield ``keys`` in lists of ``size`` (the last may be shorter)."""
+    iterator = iter(keys)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+_END = {"id": "", "end": True}
+_ABORT = {"id": "", "abort": True}
+
+
+def _size(document: dict) -> int:
+    return sum(len(value) for value in document.values() if isinstance(value, str))
+
+
+class _Channel:
+    """Documents from the extracting thread to the writing one, bounded.
+
+    ``put`` waits while more than ``limit`` characters of documents are
+    queued (one document is always let through, however large).
+    Iterating yields documents until ``_END``, or stops at ``_ABORT``,
+    which it yields.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: collections.deque[tuple[dict, int]] = collections.deque()
+        self._queued = 0
+        self._finished = False
+        self._changed = threading.Condition()
+
+    def put(self, document: dict, size: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._items
+                                   or self._queued + size <= self.limit)
+            self._items.append((document, size))
+            self._queued += size
+            if len(self._items) == 1:
+                self._changed.notify_all()
+
+    def take(self) -> list[dict]:
+        """Wait for documents; take all those queued (fewer thread switches)."""
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self._items))
+            taken = [document for document, _ in self._items]
+            self._items.clear()
+            self._queued = 0
+            self._finished = taken[-1] is _END or taken[-1] is _ABORT
+            self._changed.notify_all()
+            return taken
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            for document in self.take():
+                if document is _END:
+                    return
+                yield document
+                if document is _ABORT:
+                    return
+
+    def drain(self) -> None:
+        """Take and drop documents up to the batch's end, so ``put`` never hangs."""
+        while not self._finished:
+            self.take()
 
 
 def new_document(receipt: Receipt, message_id: str, found: Extract) -> dict:

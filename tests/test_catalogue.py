@@ -213,3 +213,48 @@ def test_a_japanese_word_inside_a_sentence_is_found(vault, catalogue, follower):
     assert catalogue.search("定例会談", owners=BOB).total == 0
     [hit] = catalogue.search("定例会議", owners=BOB).hits
     assert hit.subject == subject
+
+
+def test_receipts_of_one_message_in_consecutive_batches_make_one_document(vault, catalogue,
+                                                                          tmp_path):
+    # Batches of one receipt: the second batch is read and extracted while
+    # the first commits, so only the writing batch can know the message
+    # is already indexed.
+    for recipient in ("bob@example.com", "carol@example.com", "dave@example.com"):
+        deliver(vault, "B16.eml", recipient)
+        deliver(vault, "B22.eml", recipient)
+    follower = Follower(vault, catalogue, tmp_path / "cursor", batch_receipts=1)
+    assert follower.catch_up() == 6
+    assert catalogue.count() == 2
+    [hit] = catalogue.search("AVOCET", owners=frozenset({"dave@example.com"})).hits
+    document = catalogue.document(hit.id)
+    assert len(document["receipts"]) == 3
+    assert document["owners"] == ["alice@example.com", "bob@example.com",
+                                  "carol@example.com", "dave@example.com"]
+
+
+def test_a_batch_that_fails_to_commit_stops_the_batches_after_it(vault, catalogue, tmp_path,
+                                                                 monkeypatch):
+    names = ("B16.eml", "B09.eml", "B22.eml", "B13.eml")
+    for name in names:
+        deliver(vault, name, "bob@example.com")
+    follower = Follower(vault, catalogue, tmp_path / "cursor", batch_receipts=1)
+    written = []
+    real_batch = Catalogue.batch
+
+    def failing_second(self):
+        written.append(len(written) + 1)
+        if len(written) == 2:
+            raise OSError("disk full")
+        return real_batch(self)
+
+    monkeypatch.setattr(Catalogue, "batch", failing_second)
+    with pytest.raises(OSError, match="disk full"):
+        follower.catch_up()
+    # The first batch is indexed and the cursor on it; the third, already
+    # extracted, was never written, so the cursor cannot pass the second.
+    assert catalogue.count() == 1
+    assert follower.cursor == sorted(vault.receipts_after(""))[0]
+    monkeypatch.setattr(Catalogue, "batch", real_batch)
+    assert follower.catch_up() == 3
+    assert catalogue.count() == 4

@@ -104,6 +104,9 @@ class S3ObjectLockStore:
     stored SHA-256 where the server returns it.
     """
 
+    # Each GET waits a round trip on the network.
+    parallel_reads = 8
+
     def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
         if prefix and not prefix.endswith("/"):
             prefix += "/"

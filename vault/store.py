@@ -61,7 +61,13 @@ class ObjectStore(Protocol):
     (which named holds keep it on is the holds module's business).
     ``delete`` raises RetentionError while the object is under retention
     or legal hold, and MissingObjectError if it is absent.
+
+    ``parallel_reads`` is how many ``get`` calls it pays a reader to keep
+    in flight: more than one where a read waits on the network, one where
+    a read is work for this machine's CPU.
     """
+
+    parallel_reads: int
 
     def put(self, key: str, data: bytes | Iterable[bytes], *,
             retain_until: dt.datetime) -> None: ...
@@ -178,6 +184,11 @@ class LocalWormStore:
     can write these directories can still delete or edit files.  Use the
     S3 Object Lock store where deletion must be impossible.
     """
+
+    # A read is a file from the page cache: CPU work under the GIL, which
+    # reader threads only fight over (the catalogue indexed 20% faster
+    # reading in line than with four threads).
+    parallel_reads = 1
 
     def __init__(self, root: Path, syncer: Syncer | None = None) -> None:
         self.root = Path(root)
