@@ -58,13 +58,16 @@ class Receipt:
         fields: dict[str, Any] = json.loads(data)
         # A field added by a later version is kept in the sealed bytes but
         # not understood here; dropping it keeps older readers working.
-        known = {field.name for field in dataclasses.fields(cls)}
-        fields = {name: value for name, value in fields.items() if name in known}
+        fields = {name: value for name, value in fields.items() if name in _FIELD_NAMES}
         fields["received_at"] = dt.datetime.fromisoformat(fields["received_at"])
         fields["retain_until"] = dt.datetime.fromisoformat(fields["retain_until"])
         for name in ("rcpt_tos", "owners", "report_recipients", "expanded", "forwarded"):
             fields[name] = tuple(fields.get(name, ()))
         return cls(**fields)
+
+
+# Read once: the follower reads a receipt per message.
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(Receipt))
 
 
 def receipt_key(received_at: dt.datetime) -> str:
