@@ -132,7 +132,8 @@ class Page:
 class Batch(Protocol):
     """Changes to an index that become visible together, or not at all.
 
-    ``get`` sees committed documents only.  ``put`` replaces any document
+    ``get`` sees committed documents only; ``get_many`` is ``get`` for
+    several ids at once, returning those found.  ``put`` replaces any document
     with the same id (so putting twice leaves one); ``add`` is ``put`` for
     a document that ``get`` has just shown absent and that this batch has
     not put, which spares the engine the search for one to replace.  Nothing is visible
@@ -141,6 +142,8 @@ class Batch(Protocol):
     """
 
     def get(self, message_id: str) -> dict | None: ...
+
+    def get_many(self, message_ids: list[str]) -> dict[str, dict]: ...
 
     def put(self, document: dict) -> None: ...
 
@@ -397,6 +400,9 @@ class _NormalisingBatch:
 
     def get(self, message_id: str) -> dict | None:
         return self.inner.get(message_id)
+
+    def get_many(self, message_ids: list[str]) -> dict[str, dict]:
+        return self.inner.get_many(message_ids)
 
     def put(self, document: dict) -> None:
         self.inner.put(normalise(document))

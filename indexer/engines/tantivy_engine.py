@@ -183,6 +183,17 @@ class _TantivyBatch:
     def get(self, message_id: str) -> dict | None:
         return _find(self.searcher, message_id)
 
+    def get_many(self, message_ids: list[str]) -> dict[str, dict]:
+        # One search for them all: the follower asks for every document
+        # it writes, and nearly all are new.
+        if not message_ids:
+            return {}
+        found = self.searcher.search(Query.term_set_query(SCHEMA, "id", message_ids),
+                                     len(message_ids), count=False)
+        documents = (document_of(_record(self.searcher.doc(address)))
+                     for _, address in found.hits)
+        return {document["id"]: document for document in documents}
+
     def put(self, document: dict) -> None:
         # Delete then add in one commit: tantivy applies a delete to the
         # documents added before it, so exactly the new one remains.

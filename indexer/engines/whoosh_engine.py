@@ -140,6 +140,10 @@ class _WhooshBatch:
     def get(self, message_id: str) -> dict | None:
         return _stored(self.searcher.document(id=message_id))
 
+    def get_many(self, message_ids: list[str]) -> dict[str, dict]:
+        found = {message_id: self.get(message_id) for message_id in message_ids}
+        return {message_id: stored for message_id, stored in found.items() if stored}
+
     def put(self, document: dict) -> None:
         self.writer.update_document(**_fields(document))
 
