@@ -258,3 +258,18 @@ def test_a_batch_that_fails_to_commit_stops_the_batches_after_it(vault, catalogu
     monkeypatch.setattr(Catalogue, "batch", real_batch)
     assert follower.catch_up() == 3
     assert catalogue.count() == 4
+
+
+def test_words_beside_cjk_and_with_underscores_are_found(vault, catalogue, follower):
+    # CJK characters next to Latin letters and digits, with no space
+    # between, are still words of their own; an identifier with an
+    # underscore is found as written.
+    raw = ("From: alice@example.com\r\nTo: bob@example.com\r\nSubject: build_number 42\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           "Q3予算2025年度report_final\r\n").encode()
+    vault.archive(raw, Envelope("alice@example.com", ("bob@example.com",)))
+    follower.catch_up()
+    for found in ("build_number", "subject:build_number", "予算", "年度", "Q3", "report_final"):
+        assert catalogue.search(found, owners=BOB).total == 1, found
+    for missing in ("算予", "build_numbers", "final_report"):
+        assert catalogue.search(missing, owners=BOB).total == 0, missing
