@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from vault.control import ControlDB
-from web.accounts import AccountError, User
+from web.accounts import User
 
 
 def user_unlock(arguments: argparse.Namespace) -> int:
@@ -83,7 +83,4 @@ def _account(arguments: argparse.Namespace) -> tuple[ControlDB, User]:
 
     settings = _settings(arguments)
     control = _control(settings)
-    user = _accounts(settings, control).get(address=arguments.address)
-    if user is None:
-        raise AccountError(f"no account for {arguments.address.strip().lower()}")
-    return control, user
+    return control, _accounts(settings, control).existing(arguments.address)

@@ -117,15 +117,20 @@ class Accounts:
         return User(row["id"], row["address"], row["role"],
                     frozenset(m["address"] for m in mailboxes))
 
+    def existing(self, address: str) -> User:
+        """Return the account for ``address``; AccountError if there is none."""
+        user = self.get(address=address)
+        if user is None:
+            raise AccountError(f"no account for {normalise(address)}")
+        return user
+
     def share(self, mailbox: str, address: str, actor: str) -> User:
         """Let the account ``address`` read ``mailbox`` too; return it as it is now."""
         mailbox = normalise(mailbox)
         if not self.rules.is_local(mailbox):
             raise AccountError(f"{mailbox} is not in the archive's domains "
                                f"({', '.join(self.rules.domains) or 'none configured'})")
-        user = self.get(address=address)
-        if user is None:
-            raise AccountError(f"no account for {normalise(address)}")
+        user = self.existing(address)
         if mailbox in user.mailboxes:
             raise AccountError(f"{user.address} already reads {mailbox}")
         with self.control.connect() as connection:
@@ -138,9 +143,7 @@ class Accounts:
     def unshare(self, mailbox: str, address: str, actor: str) -> User:
         """Take back a shared mailbox; the account's own addresses stay."""
         mailbox = normalise(mailbox)
-        user = self.get(address=address)
-        if user is None:
-            raise AccountError(f"no account for {normalise(address)}")
+        user = self.existing(address)
         with self.control.connect() as connection:
             removed = connection.execute(
                 "DELETE FROM mailbox_shares WHERE address = ? AND user_id = ?",
@@ -173,9 +176,7 @@ class Accounts:
 
     def create_token(self, address: str) -> str:
         """Create an API token for a user and return it; it is shown once."""
-        user = self.get(address=address)
-        if user is None:
-            raise AccountError(f"no account for {normalise(address)}")
+        user = self.existing(address)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.control.connect() as connection:
             connection.execute(

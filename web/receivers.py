@@ -156,13 +156,10 @@ class ReceiverProcesses:
 
     def _addresses(self) -> list[tuple[str, tuple[str, int]]]:
         receiving = self.settings.receiver
-        names = ["receiver.listen"] + (["receiver.lmtp_listen"]
-                                       if receiving.lmtp_listen else [])
-        addresses = []
-        for name in names:
-            value = getattr(receiving, name.partition(".")[2])
-            addresses.append((name, parse_listen(name, value)))
-        return addresses
+        wanted = [("receiver.listen", receiving.listen)]
+        if receiving.lmtp_listen:
+            wanted.append(("receiver.lmtp_listen", receiving.lmtp_listen))
+        return [(name, parse_listen(name, value)) for name, value in wanted]
 
     def _start_child(self, slot: int) -> None:
         ours, theirs = self._context.Pipe()
