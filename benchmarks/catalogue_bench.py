@@ -12,6 +12,11 @@ Issue #5 asks for these figures, for tantivy and Whoosh in one run:
 2. New mail to searchable: from ``Vault.archive`` returning to the first
    search that finds the message, with the follower woken at once as
    ``serve`` wakes it.
+   Beside each rate, the CPU time per document (this process, every thread
+   of it, and the extraction workers apart) and the cores it kept busy:
+   the bare writer of tantivy keeps one core busy, so the full path has
+   the other core for opening, decrypting and extracting, and what that
+   costs per document bounds the ratio (see ``ratio_bound``).
 3. Index size on disk as a share of the vault's size on disk.
 4. p50/p95 search latency (first page of 20, newest first, with facets)
    for a single term, a phrase, ``from:``, a date range with a term, and a
@@ -44,6 +49,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -57,6 +63,7 @@ from typing import Any
 
 from indexer import catalogue as catalogue_module
 from indexer.catalogue import Catalogue, normalise
+from indexer.extraction.parallel import CHUNK_MESSAGES, ExtractionPool
 from indexer.follow import Follower
 from indexer.reindex import REINDEX_BATCH_RECEIPTS
 from indexer.query import parse
@@ -192,6 +199,55 @@ class BareWhoosh:
 BARE_WRITERS = {"tantivy": BareTantivy, "whoosh": BareWhoosh}
 
 
+def warm_up(pool: ExtractionPool) -> None:
+    """Start every extraction worker, as a running follower has them."""
+    probe = b"Subject: warm-up\r\n\r\nwords\r\n"
+    list(pool.extract_all((number, probe)
+                          for number in range(CHUNK_MESSAGES * max(1, pool.workers))))
+
+
+def process_cpu_seconds() -> float:
+    """Return the CPU time of this process so far, every thread of it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu_seconds() -> float:
+    """Return the CPU time of this process's running children (the workers).
+
+    Read from ``/proc``: the extraction workers live as long as the pool,
+    so ``RUSAGE_CHILDREN`` (which counts children once they are reaped)
+    never sees them.  Linux only; elsewhere 0.
+    """
+    me = str(os.getpid())
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The fields after the command's closing parenthesis: state,
+            # ppid, ..., utime and stime at 11 and 12.
+            fields = entry.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def ratio_bound(row: dict[str, float], cpus: int) -> float:
+    """Return the highest ratio the full path could reach on ``cpus`` cores.
+
+    The full path does the bare writer's work plus its own (opening,
+    decrypting, extracting, building documents); even with every core
+    busy it needs at least its CPU time per document divided by the
+    cores, while the bare writer takes its measured time per document.
+    """
+    full_cpu = row["full_cpu_us_per_doc"]
+    if not full_cpu:
+        return 0.0
+    return min(1.0, (1e6 / row["bare_docs_per_s"]) / (full_cpu / cpus))
+
+
 def disk_bytes(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
@@ -209,22 +265,35 @@ class EngineRun:
 
     def index(self) -> dict[str, float]:
         prepared: list[dict] = []
+        warm_up(self.follower.pool)
+        cpu, workers_cpu = process_cpu_seconds(), children_cpu_seconds()
         started = time.perf_counter()
         with capturing_documents(prepared):
             count = self.follower.catch_up()
         full_seconds = time.perf_counter() - started
+        cpu = process_cpu_seconds() - cpu
+        workers_cpu = children_cpu_seconds() - workers_cpu
         native = self.bare.prepare(prepared)
         del prepared[:]
+        bare_cpu = process_cpu_seconds()
         started = time.perf_counter()
         for start in range(0, len(native), REINDEX_BATCH_RECEIPTS):
             self.bare.write(native[start:start + REINDEX_BATCH_RECEIPTS])
         bare_seconds = time.perf_counter() - started
+        bare_cpu = process_cpu_seconds() - bare_cpu
         full_rate = count / full_seconds
         bare_rate = len(native) / bare_seconds if native else 0.0
+        per_doc = 1e6 / max(1, count)
         return {"documents": count, "full_docs_per_s": full_rate,
                 "full_seconds": full_seconds, "bare_seconds": bare_seconds,
                 "bare_docs_per_s": bare_rate,
-                "ratio": full_rate / bare_rate if bare_rate else 0.0}
+                "ratio": full_rate / bare_rate if bare_rate else 0.0,
+                "full_cpu_us_per_doc": (cpu + workers_cpu) * per_doc,
+                "full_process_cpu_us_per_doc": cpu * per_doc,
+                "full_workers_cpu_us_per_doc": workers_cpu * per_doc,
+                "full_cores": (cpu + workers_cpu) / full_seconds,
+                "bare_cpu_us_per_doc": bare_cpu * 1e6 / max(1, len(native)),
+                "bare_cores": bare_cpu / bare_seconds if bare_seconds else 0.0}
 
     def latency(self, corpus: Corpus, first_number: int) -> list[float]:
         samples = []
@@ -372,6 +441,16 @@ def print_report(report: dict[str, Any]) -> None:
               f"{row['bare_docs_per_s']:>8.0f} {row['ratio']:>6.2f} "
               f"{row['new_mail_searchable_s'] * 1000:>7.0f}ms "
               f"{row['index_share_of_vault']:>10.0%}")
+    cpus = report["machine"]["cpus"] or 1
+    print(f"\nCPU per document (µs) and cores kept busy; the ratio's bound on {cpus} cores:")
+    print(f"{'engine':<8} {'size':>7} {'full':>6} {'(proc':>6} {'+work)':>6} {'cores':>5} "
+          f"{'bare':>6} {'cores':>5} {'bound':>6}")
+    for row in report["rows"]:
+        print(f"{row['engine']:<8} {row['size']:>7} {row['full_cpu_us_per_doc']:>6.0f} "
+              f"{row['full_process_cpu_us_per_doc']:>6.0f} "
+              f"{row['full_workers_cpu_us_per_doc']:>6.0f} {row['full_cores']:>5.2f} "
+              f"{row['bare_cpu_us_per_doc']:>6.0f} {row['bare_cores']:>5.2f} "
+              f"{ratio_bound(row, cpus):>6.2f}")
     print(f"\n{'engine':<8} {'size':>7} " + " ".join(
         f"{kind:>17}" for kind in report["rows"][0]["queries"]) + "   (p50/p95 ms)")
     for row in report["rows"]:
