@@ -189,6 +189,10 @@ class Follower:
         """
         next_repair = 0.0
         while not stop.is_set():
+            # Cleared before the pass, not after the wait: mail that comes
+            # during the pass leaves the wake set, and the next pass starts
+            # at once instead of a poll interval later.
+            self.wake.clear()
             try:
                 count = self.catch_up(stop)
                 if time.monotonic() >= next_repair and not stop.is_set():
@@ -201,7 +205,6 @@ class Follower:
                 log.exception("follower failed; retrying after %.1f s", interval,
                               extra={"event": "follower.error"})
             self.wake.wait(interval)
-            self.wake.clear()
 
     def _floor(self, cursor: str) -> str:
         if not cursor:

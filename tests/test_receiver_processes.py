@@ -117,6 +117,27 @@ def test_receiver_processes_share_the_port_and_archive_into_one_home(server):
     assert "0 fault(s)" in strongroom("verify", "--home", str(server.home))
 
 
+def test_messages_close_together_are_searchable_without_waiting_for_a_poll(
+        server, monkeypatch):
+    # A receiver process wakes the follower at most every 50 ms; a message
+    # that came sooner after the last wake was left for the next poll.
+    # With polling set to a minute, every message must still be found in
+    # seconds.
+    monkeypatch.setenv("STRONGROOM_CATALOGUE_POLL_INTERVAL", "60")
+    server.start()
+    token = server.add_user("bob@example.com")
+    receivers(server)
+    for round_number in range(3):
+        word = f"close{secrets.token_hex(3)}r{round_number}"
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=DEADLINE) as client:
+            for number in range(2):
+                client.sendmail("partner@example.net", ["bob@example.com"], (
+                    f"From: partner@example.net\r\nTo: bob@example.com\r\n"
+                    f"Subject: {word} {number}\r\n"
+                    f"Message-ID: <{word}-{number}@example.net>\r\n\r\nbody\r\n"))
+        assert server.wait_for(token, word, count=2, timeout=10)["total"] == 2
+
+
 def test_receiver_process_that_dies_is_started_again_and_logged_once(server):
     server.start()
     victim, survivor = sorted(receivers(server))

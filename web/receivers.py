@@ -255,22 +255,39 @@ def run_child(settings: Settings, parent: Connection, archived: Any) -> None:
 
 
 class _Wake:
-    """Set a shared event at most every WAKE_SECONDS.
+    """Set a shared event at most every WAKE_SECONDS, and never miss one.
 
-    Setting it takes locks shared with every receiver process; the
-    follower also polls, so a message that sets nothing waits no longer
-    than its poll interval.
+    Setting it takes locks shared with every receiver process, so a burst
+    sets it once per WAKE_SECONDS, not once per message.  A message that
+    comes within WAKE_SECONDS of the last set is not dropped: the event is
+    set again once that time is up (a wake dropped here left the newest
+    message unindexed until the follower's next poll, half a second on).
     """
 
     def __init__(self, event: Any) -> None:
         self.event = event
-        self._last = 0.0
+        self._last = -WAKE_SECONDS
+        self._deferred = False
+        self._lock = threading.Lock()
 
     def set(self) -> None:
-        now = time.monotonic()
-        if now - self._last >= WAKE_SECONDS:
-            self._last = now
-            self.event.set()
+        with self._lock:
+            wait = self._last + WAKE_SECONDS - time.monotonic()
+            if wait > 0:
+                if not self._deferred:
+                    self._deferred = True
+                    timer = threading.Timer(wait, self._set_deferred)
+                    timer.daemon = True
+                    timer.start()
+                return
+            self._last = time.monotonic()
+        self.event.set()
+
+    def _set_deferred(self) -> None:
+        with self._lock:
+            self._deferred = False
+            self._last = time.monotonic()
+        self.event.set()
 
 
 def _exit_with_parent(parent: Connection) -> None:
