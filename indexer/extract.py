@@ -23,13 +23,14 @@ import re
 from email import policy
 from email.header import Header, decode_header
 from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
 
 from indexer.extraction.attachments import AttachmentReader
 from indexer.extraction.charsets import decode_body, decode_text
 from indexer.extraction.documents import calendar_text, html_to_text
 from indexer.extraction.formats import BY_CONTENT_TYPE, TEXT_KINDS
+from indexer.extraction.parsing import parse_message
 from indexer.extraction.reading import DEFAULT_LIMITS, PARTIAL, Limits, TextBuffer
 from indexer.extraction.sandbox import InProcessDeadline, Sandbox, shared_sandbox
 from indexer.extraction.transfer import decode_base64, part_payload
@@ -100,7 +101,7 @@ def extract(raw: bytes, limits: Limits = DEFAULT_LIMITS,
 def _extract(raw: bytes, result: Extract, limits: Limits,
              attachments: AttachmentReader | None) -> Extract:
     try:
-        message = BytesParser(policy=policy.compat32).parsebytes(raw)
+        message = parse_message(raw)
     except RecursionError:
         # The feed parser descends once per nested multipart; mail nested
         # deeper than the stack is read for its headers and raw text.
@@ -248,7 +249,7 @@ def nested_message(part: Message) -> Message | None:
     encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
     if encoding == "base64" and not inner.keys():
         blob = str(inner.get_payload()).encode("ascii", "surrogateescape")
-        return BytesParser(policy=policy.compat32).parsebytes(decode_base64(blob))
+        return parse_message(decode_base64(blob))
     return inner
 
 

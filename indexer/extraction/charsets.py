@@ -80,7 +80,9 @@ def decode_body(raw: bytes, charset: str | None) -> str:
     decoded by the charset that charset-normalizer finds.
     """
     codec = codec_for(charset)
-    if codec in (None, "ascii") and any(mark in raw for mark in ISO_2022_JP_ESCAPES):
+    # Every ISO-2022-JP escape begins with ESC: one search rules them all out.
+    if (codec in (None, "ascii") and b"\x1b" in raw
+            and any(mark in raw for mark in ISO_2022_JP_ESCAPES)):
         codec = "iso2022_jp"
     for candidate in filter(None, (codec, "utf-8")):
         try:
