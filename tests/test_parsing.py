@@ -41,7 +41,8 @@ SHORTCUT = [
     b"Subject: mixed\n\r\nbody starts after LF CR LF\r\n",
     b"From sender@example.com Thu Jan  1 00:00:00 2026\nSubject: envelope line\n\nbody\n",
     b"Subject: body holds\r\n\r\n\r\nleading blank lines and a bare \r in it\r\n",
-    b"Subject: 8-bit \xe9t\xe9\r\nContent-Type: text/plain; charset=latin-1\r\n\r\n\xe9\xff\x00\r\n",
+    b"Subject: 8-bit \xe9t\xe9\r\nContent-Type: text/plain; charset=latin-1\r\n\r\n"
+    b"\xe9\xff\x00\r\n",
     b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n",
     b"Content-Type: text/plain; charset=\"unterminated\r\n\r\nbody\r\n",
 ]
