@@ -59,6 +59,12 @@ bench-export: $(VENV)/.installed
 .PHONY: bench-catalogue
 bench-catalogue: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.catalogue_bench $(BENCH_ARGS)
+# Issue #5's new-mail-to-searchable figures while smtp-source loads serve:
+# BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--json PATH" to keep them.
+.PHONY: bench-freshness
+bench-freshness: $(VENV)/.installed
+	scripts/install-peers
+	$(VENV)/bin/python -m benchmarks.freshness_bench $(BENCH_ARGS)
 # Issue #6's portal load figures (wrk, 20 signed-in users, against the bare
 # catalogue): BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--messages
 # 100000 --sealed 2000 --json PATH" for the issue's size (about 30 min here).
