@@ -268,6 +268,11 @@ def header_text(message: Message, name: str) -> str:
     value = message.get(name)
     if value is None:
         return ""
+    return value_text(value)
+
+
+def value_text(value: str | Header) -> str:
+    """Return one header value (as ``Message.items`` gives it) as ``header_text`` does."""
     try:
         if isinstance(value, Header):
             # compat32 wraps raw 8-bit header bytes as an unknown-8bit
