@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import stat
 
 import pytest
@@ -116,3 +117,49 @@ def test_every_command_line_action_names_the_operator(home, monkeypatch, capsys)
     for action in ("user.created", "token.created", "role."):
         assert f"cli:operator  {action}" in events, action
     assert "strongroom-cli" not in events
+
+
+def test_api_tokens_are_listed_by_id_and_revoked_one_or_all(home, capsys, monkeypatch):
+    # A token leaked or no longer needed must stop working at once.
+    import hashlib
+
+    from vault.config import load
+    from vault.control import ControlDB
+    from web.cli import _accounts
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("long enough password\n"))
+    assert strongroom(["user", "add", "bob@example.com", "--home", str(home),
+                       "--password-stdin"]) == 0
+    tokens = []
+    for _ in range(3):
+        capsys.readouterr()
+        assert strongroom(["token", "create", "bob@example.com", "--home", str(home)]) == 0
+        tokens.append(capsys.readouterr().out.strip())
+    ids = [hashlib.sha256(token.encode()).hexdigest()[:12] for token in tokens]
+    assert strongroom(["token", "list", "bob@example.com", "--home", str(home)]) == 0
+    listed = capsys.readouterr().out
+    assert sorted(line.split()[0] for line in listed.splitlines()) == sorted(ids)
+    assert not any(token in listed for token in tokens)
+
+    settings = load(home)
+    control = ControlDB(settings.path(settings.control.database))
+    accounts = _accounts(settings, control)
+    assert strongroom(["token", "revoke", "bob@example.com", ids[0], "--home", str(home)]) == 0
+    assert "Revoked 1 API token(s)" in capsys.readouterr().out
+    assert accounts.user_for_token(tokens[0]) is None
+    assert accounts.user_for_token(tokens[1]).address == "bob@example.com"
+
+    assert strongroom(["token", "revoke", "bob@example.com", ids[0], "--home", str(home)]) == 2
+    assert f"has no API token {ids[0]}" in capsys.readouterr().err
+    assert strongroom(["token", "revoke", "bob@example.com", "--home", str(home)]) == 2
+    assert "name one token id, or --all" in capsys.readouterr().err
+
+    assert strongroom(["token", "revoke", "bob@example.com", "--all", "--home", str(home)]) == 0
+    assert "Revoked 2 API token(s)" in capsys.readouterr().out
+    assert accounts.user_for_token(tokens[1]) is None and accounts.user_for_token(tokens[2]) is None
+    events = [(row["action"], json.loads(row["detail"] or "{}").get("token"))
+              for row in reversed(control.audit_events(limit=1000))
+              if row["action"].startswith("token.")]
+    assert events[:4] == ([("token.created", token_id) for token_id in ids]
+                          + [("token.revoked", ids[0])])
+    assert sorted(events[4:]) == [("token.revoked", token_id) for token_id in sorted(ids[1:])]

@@ -28,6 +28,7 @@ TOKEN_PREFIX = "srt_"
 password_hasher = PasswordHasher()
 # Verifying against this keeps a sign-in for an unknown address as slow as
 # one for a known address, so timing does not reveal which accounts exist.
+TOKEN_ID_DIGITS = 12
 DUMMY_HASH = password_hasher.hash(secrets.token_urlsafe(16))
 
 
@@ -185,6 +186,38 @@ class Accounts:
             )
         return token
 
+    def tokens(self, address: str) -> list[tuple[str, str]]:
+        """Return an account's API tokens as (id, created at), oldest first.
+
+        The id is the start of the token's digest: it names the token in
+        ``revoke_tokens`` and in the audit, and reveals nothing of it.
+        """
+        user = self.existing(address)
+        with self.control.connect() as connection:
+            rows = connection.execute(
+                "SELECT token_sha256, created_at FROM api_tokens WHERE user_id = ?"
+                " ORDER BY created_at", (user.id,)).fetchall()
+        return [(token_id(row["token_sha256"]), row["created_at"]) for row in rows]
+
+    def revoke_tokens(self, address: str, token: str | None, actor: str) -> int:
+        """Revoke the account's token with id ``token``, or all with None.
+
+        Returns how many were revoked; AccountError for an id the account
+        has no token under.
+        """
+        user = self.existing(address)
+        with self.control.connect() as connection:
+            digests = [row["token_sha256"] for row in connection.execute(
+                "SELECT token_sha256 FROM api_tokens WHERE user_id = ?", (user.id,))
+                if token is None or token_id(row["token_sha256"]) == token.lower()]
+            if token is not None and not digests:
+                raise AccountError(f"{user.address} has no API token {token}")
+            for digest in digests:
+                connection.execute("DELETE FROM api_tokens WHERE token_sha256 = ?", (digest,))
+                self.control.audit_within(connection, actor, "token.revoked", user.address,
+                                          token=token_id(digest))
+        return len(digests)
+
     def user_for_token(self, token: str) -> User | None:
         """Return the user an API token belongs to, if it is valid."""
         with self.control.connect() as connection:
@@ -199,6 +232,16 @@ def check_password(password: str) -> None:
     """Raise AccountError if a new password is too weak."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def token_id(digest: str) -> str:
+    """Return the id shown for a token: the first 12 hex digits of its digest."""
+    return digest[:TOKEN_ID_DIGITS]
+
+
+def token_id_of(token: str) -> str:
+    """Return the id shown for ``token`` itself."""
+    return token_id(_token_digest(token))
 
 
 def _token_digest(token: str) -> str:

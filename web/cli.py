@@ -18,7 +18,7 @@ from vault.config import CONFIG_NAME, Settings, load, parse_listen
 from vault.control import ControlDB
 from vault.keys import LocalKeyFile
 from vault.store import LocalWormStore
-from web.accounts import AccountError, Accounts, check_password
+from web.accounts import AccountError, Accounts, check_password, token_id_of
 
 log = logging.getLogger("strongroom")
 
@@ -179,8 +179,31 @@ def token_create(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     control = _control(settings)
     token = _accounts(settings, control).create_token(arguments.address)
-    control.audit(_operator(), "token.created", arguments.address.lower())
+    control.audit(_operator(), "token.created", arguments.address.lower(),
+                  token=token_id_of(token))
     print(token)
+    return 0
+
+
+def token_list(arguments: argparse.Namespace) -> int:
+    """List an account's API tokens by id (never the tokens themselves)."""
+    settings = _settings(arguments)
+    tokens = _accounts(settings, _control(settings)).tokens(arguments.address)
+    for identifier, created_at in tokens:
+        print(f"{identifier}  created {created_at}")
+    if not tokens:
+        print(f"{arguments.address.lower()} has no API tokens")
+    return 0
+
+
+def token_revoke(arguments: argparse.Namespace) -> int:
+    """Revoke one API token of an account by its id, or all of them."""
+    if (arguments.id is None) == (not arguments.all):
+        raise AccountError("name one token id, or --all")
+    settings = _settings(arguments)
+    revoked = _accounts(settings, _control(settings)).revoke_tokens(
+        arguments.address, arguments.id, _operator())
+    print(f"Revoked {revoked} API token(s) of {arguments.address.lower()}")
     return 0
 
 
@@ -513,6 +536,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION")
     sub = command("create", token_create, "create an API token and print it", parent=tokens)
     sub.add_argument("address")
+    sub = command("list", token_list, "list an account's API tokens by id", parent=tokens)
+    sub.add_argument("address")
+    sub = command("revoke", token_revoke, "revoke an API token by id, or all of an account's",
+                  parent=tokens)
+    sub.add_argument("address")
+    sub.add_argument("id", nargs="?", help="the token's id, as `token list` shows it")
+    sub.add_argument("--all", action="store_true", help="revoke every token of the account")
 
     from web.ediscovery_cli import add_commands
 
