@@ -19,11 +19,12 @@ from tests.conftest import CASES
 from tests.homes import PASSWORD, make_home
 from tests.peers.dovecot import Dovecot, require_dovecot
 from vault import ConfigError
-from vault.config import load
+from vault.config import RestoreSettings, load
 from vault.ingest import open_vault
 from vault.ownership import Envelope
 from web.app import create_app
-from web.mailbox import imap_bytes
+from web.accounts import User
+from web.mailbox import RestoreLoginError, credentials_for, imap_bytes
 from web.restore import internal_date
 
 BOB_IMAP = "bob's mailbox secret 7"
@@ -394,3 +395,13 @@ def test_a_message_the_server_refuses_fails_alone(home):
         assert detail["outcome"] == "partial" and len(detail["failures"]) == 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("password", ["secret\r\nZ9 DELETE INBOX", "secret\nx", "tab\there"])
+def test_a_password_with_control_characters_is_refused_before_any_login(tmp_path, password):
+    # A line break in the password would end LOGIN and start a command of
+    # the user's choosing on the mail server.
+    bob = User(1, "bob@example.com", "user", frozenset({"bob@example.com"}))
+    with pytest.raises(RestoreLoginError, match="control characters"):
+        credentials_for(RestoreSettings(), tmp_path, bob, password)
+    assert credentials_for(RestoreSettings(), tmp_path, bob, "plain pass").password == "plain pass"

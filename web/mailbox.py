@@ -72,6 +72,11 @@ def credentials_for(settings: RestoreSettings, home: Path, user: User,
                            settings.master_user)
     if not password:
         raise RestoreLoginError("Type the password of your mailbox to restore into it.")
+    if any(ord(character) < 0x20 or character == "\x7f" for character in password):
+        # imaplib quotes a password but leaves line breaks in it, and a
+        # line break would end the LOGIN command and start another.
+        raise RestoreLoginError("A mailbox password cannot contain line breaks or other "
+                                "control characters.")
     return Credentials(login, password)
 
 
