@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -217,6 +218,23 @@ def test_ownership_is_checked_again_as_each_message_is_read(app, dovecot):
     assert len(dovecot.folder_messages("bob@example.com", restored_folder(dovecot))) == 1
     assert [e["target"] for e in audit(app, "restore.refused")] == [carols]
     assert json.loads(audit(app, "restore")[0]["detail"])["outcome"] == "partial"
+
+
+def test_a_mailbox_taken_back_while_a_restore_runs_is_not_restored(app, dovecot):
+    # The job began while carol's mailbox was shared with bob, and it was
+    # taken back since: what the account reads now decides each APPEND
+    # (the job kept the mailboxes of its start, and restored them all).
+    accounts = app.extensions["strongroom"].accounts
+    bob_now = accounts.get(address="bob@example.com")
+    bob_then = dataclasses.replace(bob_now, mailboxes=bob_now.mailboxes | {"carol@example.com"})
+    carol = signed_in(app, "carol@example.com")
+    (carols,) = ids_for(carol, "from:elsewhere.net")
+    own = ids_for(signed_in(app), "undated")
+    job = app.extensions["strongroom.restore"].start(bob_then, [*own, carols], BOB_IMAP)
+    assert job.done.wait(30)
+    assert job.restored == 1 and job.failures == [(carols, "not in your archive any more")]
+    assert len(dovecot.folder_messages("bob@example.com", restored_folder(dovecot))) == 1
+    assert [e["target"] for e in audit(app, "restore.refused")] == [carols]
 
 
 def test_master_user_restores_without_the_users_password(home, dovecot):

@@ -241,7 +241,7 @@ class Restorer:
             is_last = index + 1 == job.total
             if ready and (is_last or len(ready) >= BATCH_MESSAGES
                           or sum(len(raw) for _, raw, _ in ready) >= BATCH_BYTES):
-                self._append(job, mailbox, folder, ready)
+                self._append(job, user, mailbox, folder, ready)
                 ready = []
                 self._record(job)
             if mailbox.client is None:
@@ -263,9 +263,30 @@ class Restorer:
             return None
         return message_id, raw, internal_date(raw, lambda: self._received_at(message_id))
 
-    def _append(self, job: RestoreJob, mailbox: Mailbox, folder: str,
+    def _still_owned(self, job: RestoreJob, user: User,
+                     ready: list[tuple[str, bytes, dt.datetime | None]]
+                     ) -> list[tuple[str, bytes, dt.datetime | None]]:
+        """Keep the messages the user may read now, not when the job began.
+
+        A mailbox shared with the user and taken back while the job runs
+        closes to it at once, as it does to a signed-in page; so does
+        every message of an account disabled meanwhile.
+        """
+        now = self.archive.accounts.get(user_id=user.id)
+        mailboxes = now.mailboxes if now is not None else frozenset()
+        kept = []
+        for item in ready:
+            if self.archive.catalogue.is_visible(item[0], mailboxes):
+                kept.append(item)
+                continue
+            self.archive.control.audit(user.address, "restore.refused", item[0])
+            job.failures.append((item[0], "not in your archive any more"))
+        return kept
+
+    def _append(self, job: RestoreJob, user: User, mailbox: Mailbox, folder: str,
                 ready: list[tuple[str, bytes, dt.datetime | None]]) -> None:
         """APPEND a batch: in one MULTIAPPEND if it can, else one by one."""
+        ready = self._still_owned(job, user, ready)
         if len(ready) > 1 and mailbox.can_append_many():
             try:
                 if mailbox.append_many(folder, [(raw, when) for _, raw, when in ready]):
@@ -278,6 +299,8 @@ class Restorer:
         for message_id, raw, when in ready:
             if mailbox.client is None:
                 job.failures.append((message_id, "the connection to the mail server was lost"))
+                continue
+            if not self._still_owned(job, user, [(message_id, raw, when)]):
                 continue
             try:
                 mailbox.append(folder, raw, when)
