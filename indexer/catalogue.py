@@ -51,6 +51,7 @@ import os
 import secrets
 import shutil
 import threading
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -412,6 +413,30 @@ class _NormalisingBatch:
 
     def delete(self, message_id: str) -> None:
         self.inner.delete(message_id)
+
+
+# Characters that change how text looks or joins but not which word it is:
+# soft hyphen, zero-width space and (non-)joiner, word joiner, invisible
+# operators, byte order mark, combining grapheme joiner, Mongolian vowel
+# separator, and the bidirectional marks and controls.  Written inside a
+# word they hid it from search ("in<ZWJ>voice" is not "invoice").
+_INVISIBLE = dict.fromkeys([0x00AD, 0x034F, 0x180E, *range(0x200B, 0x2010),
+                            *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+                            *range(0x2066, 0x206A), 0xFEFF])
+
+
+def searchable(text: str) -> str:
+    """Return ``text`` as every engine indexes and queries it.
+
+    Unicode-equivalent spellings become one (NFKC: composed and decomposed
+    accents, full-width and half-width forms, ligatures such as "ﬁ"),
+    invisible characters go, and case folds fully ("Straße" is
+    "strasse").  Engines apply it to the words of documents and of
+    queries alike, never to what is stored for display.
+    """
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFKC", text.translate(_INVISIBLE)).casefold()
 
 
 def normalise(document: dict) -> dict:

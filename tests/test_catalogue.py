@@ -273,3 +273,29 @@ def test_words_beside_cjk_and_with_underscores_are_found(vault, catalogue, follo
         assert catalogue.search(found, owners=BOB).total == 1, found
     for missing in ("算予", "build_numbers", "final_report"):
         assert catalogue.search(missing, owners=BOB).total == 0, missing
+
+
+def test_unicode_spellings_of_a_word_and_invisible_characters_do_not_hide_it(
+        vault, catalogue, follower):
+    # A sender could hide a word from compliance search with a zero-width
+    # joiner or a soft hyphen inside it, or write it in another Unicode
+    # spelling of the same letters; each is found by the plain word, and a
+    # query written the other way finds the plain word too.
+    body = ("in\u200dvoice pay\u200bment con\u00adtract re\u0301sume\u0301 "
+            "\uff46\uff55\uff4c\uff4c\uff57\uff49\uff44\uff54\uff48 \ufb01nance Stra\u00dfe "
+            "\uff76\uff80\uff76\uff85 plainword")
+    raw = ("From: alice@example.com\r\nTo: bob@example.com\r\nSubject: hidden\u2060words\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           f"{body}\r\n").encode()
+    vault.archive(raw, Envelope("alice@example.com", ("bob@example.com",)))
+    follower.catch_up()
+    for found in ("invoice", "payment", "contract", "r\u00e9sum\u00e9", "fullwidth",
+                  "finance", "strasse", "STRASSE", "stra\u00dfe", "\u30ab\u30bf\u30ab\u30ca",
+                  "subject:hiddenwords", "plain\u200bword", "re\u0301sume\u0301",
+                  '"payment contract"'):
+        assert catalogue.search(found, owners=BOB).total == 1, found
+    for missing in ("voice", "ment", "tract", "hidden"):
+        assert catalogue.search(missing, owners=BOB).total == 0, missing
+    # What is shown is what was written.
+    (hit,) = catalogue.search("invoice", owners=BOB).hits
+    assert hit.subject == "hidden\u2060words"

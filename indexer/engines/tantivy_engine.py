@@ -26,7 +26,7 @@ from tantivy import FieldType, Occur, Order, Query
 from indexer import IndexerError
 from indexer import query as query_tree
 from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS,
-                               Facets, Page, document_of, record_of)
+                               Facets, Page, document_of, record_of, searchable)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _tantivy_document(document: dict) -> tantivy.Document:
         entry.add_text("owners", owner)
     for name in TEXT_FIELDS:
         if document[name]:
-            entry.add_text(name, separate_cjk(document[name]))
+            entry.add_text(name, separate_cjk(searchable(document[name])))
     if document["message_id"]:
         entry.add_text("message_id", document["message_id"])
     for reference in document.get("references", "").split():
@@ -311,7 +311,7 @@ def _range(field: str, kind: FieldType, lower: int | None, upper: int | None) ->
 def _text(field: str, node: query_tree.Text) -> Query:
     if field in ("message_id", "references"):
         return Query.term_query(SCHEMA, field, node.text.strip().strip("<>"))
-    words = WORDS.analyze(separate_cjk(node.text))
+    words = WORDS.analyze(separate_cjk(searchable(node.text)))
     if not words:
         return Query.empty_query()
     if node.prefix:

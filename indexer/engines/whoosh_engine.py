@@ -24,7 +24,7 @@ from whoosh.query import Every, Prefix, Query, Term
 from indexer import IndexerError
 from indexer import query as query_tree
 from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS,
-                               Facets, Page, document_of, record_of, utc_naive)
+                               Facets, Page, document_of, record_of, searchable, utc_naive)
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ class _WhooshBatch:
 
 def _fields(document: dict) -> dict:
     """Return a document as the Whoosh schema's field values."""
-    fields = {name: document[name] for name in
-              (*SEARCH_FIELDS, "bcc", "filename", "message_id", "sender_address")}
+    fields = {name: searchable(document[name]) for name in (*SEARCH_FIELDS, "bcc", "filename")}
+    fields.update((name, document[name]) for name in ("message_id", "sender_address"))
     fields["references"] = document.get("references", "")
     date = utc_naive(document["date"])
     if date is not None:
@@ -215,7 +215,7 @@ def compile_query(node: query_tree.Node) -> Query:
 def _text(field: str, node: query_tree.Text) -> Query:
     if field in ("message_id", "references"):
         return Term(field, node.text.strip().strip("<>"))
-    words = [token.text for token in SCHEMA[field].analyzer(node.text)]
+    words = [token.text for token in SCHEMA[field].analyzer(searchable(node.text))]
     if not words:
         return whoosh_query.NullQuery
     if node.prefix:
