@@ -51,6 +51,9 @@ class Coverage:
     days: list[DayCoverage]
     missing: dict[str, list[str]]
     unknown: int = 0
+    # Receipts that could not be read (damaged or gone): their messages
+    # are not counted above; ``strongroom verify`` says more.
+    unreadable: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -84,7 +87,8 @@ class Reconciler:
 
     def coverage(self, catalogue: Catalogue) -> Coverage:
         """Compare every stored message with the catalogue's documents."""
-        receipts = self._receipts_by_message()
+        unreadable: list[str] = []
+        receipts = self._receipts_by_message(unreadable)
         documents = {document["id"]: is_partial(document) for document in catalogue.records()}
         days: dict[dt.date, DayCoverage] = {}
         missing: dict[str, list[str]] = {}
@@ -98,9 +102,10 @@ class Reconciler:
             else:
                 missing[message_id] = keys
         unknown = len(documents.keys() - receipts.keys())
-        return Coverage(sorted(days.values(), key=lambda day: day.day), missing, unknown)
+        return Coverage(sorted(days.values(), key=lambda day: day.day), missing, unknown,
+                        unreadable)
 
-    def _receipts_by_message(self) -> dict[str, list[str]]:
+    def _receipts_by_message(self, unreadable: list[str]) -> dict[str, list[str]]:
         by_message: dict[str, list[str]] = {}
         with self._lock:
             for key in self.vault.receipts_after(""):
@@ -108,6 +113,7 @@ class Reconciler:
                 if message_id is None:
                     message_id = self._read(key)
                     if message_id is None:
+                        unreadable.append(key)
                         continue
                     self._messages[key] = message_id
                 by_message.setdefault(message_id, []).append(key)

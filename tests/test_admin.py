@@ -194,3 +194,19 @@ def test_coverage_shows_a_gap_until_the_follower_indexes(app, home):
     viewed = [detail for _, action, _, detail in events(app, actor=ADMIN)
               if action == "admin.coverage.viewed"]
     assert viewed == [{"gap": 0}, {"gap": 1}, {"gap": 0}]
+
+
+def test_coverage_names_a_damaged_receipt_and_shows_the_rest(app, home):
+    settings = load(home)
+    key = next(iter(open_vault(settings).receipts_after("")))
+    path = settings.path(settings.store.path) / "objects" / key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    admin = signed_in(app, ADMIN, ADMIN_PASSWORD)
+    response = admin.get("/admin/coverage")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "<strong>1 receipt(s) cannot be read</strong>" in page and key in page
+    assert "4 of 4</strong> stored messages indexed" in page

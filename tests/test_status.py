@@ -77,3 +77,28 @@ def test_size_refusals_show_in_status_against_their_source(tmp_path):
     assert journal[1:3] == ["1", "msg"]
     assert journal[-2:] == ["0", "1"]
     assert lines["127.0.0.1"][-2:] == ["0", "1"]
+
+
+def test_a_damaged_receipt_is_named_and_the_rest_still_counted(home, capsys):
+    # One damaged receipt made status exit with nothing but the integrity
+    # error, and the admin's coverage page answer 500.
+    vault = open_vault(load(home))
+    damaged = vault.archive((CASES / "B09.eml").read_bytes(),
+                            Envelope("a@example.com", ("journal@archive.test",), peer="127.0.0.1"))
+    for name in ("B16.eml", "B22.eml"):
+        vault.archive((CASES / name).read_bytes(),
+                      Envelope("a@example.com", ("journal@archive.test",), peer="127.0.0.1"))
+    path = home / "store" / "objects" / damaged.key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+    capsys.readouterr()
+    assert strongroom(["status", "--home", str(home)]) == 1
+    out = capsys.readouterr().out
+    journal = next(line for line in out.splitlines() if line.startswith("journal@archive.test"))
+    assert journal.split()[1:3] == ["2", "msg"]
+    assert "catalogue: 0 of 2 messages indexed" in out
+    assert "1 receipt(s) cannot be read and are not counted above" in out
+    assert damaged.key in out

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 
+from vault import VaultError
 from vault.clock import now
 from vault.control import ControlDB
 from vault.ingest import Vault
 from vault.receipts import Receipt, time_prefix
+
+log = logging.getLogger(__name__)
 
 WEEK = dt.timedelta(days=7)
 DAY = dt.timedelta(days=1)
@@ -49,12 +53,25 @@ def journal_source(receipt: Receipt, vault: Vault) -> str:
     return receipt.peer or "unknown"
 
 
-def collect(vault: Vault, control: ControlDB) -> list[SourceStatus]:
-    """Return the status of every source seen in the last week, by name."""
+def collect(vault: Vault, control: ControlDB,
+            unreadable: list[str] | None = None) -> list[SourceStatus]:
+    """Return the status of every source seen in the last week, by name.
+
+    A receipt that cannot be read (damaged, or gone) is left out of the
+    counts and its key added to ``unreadable``: one bad object must not
+    blind the view of every source.
+    """
     at = now()
     sources: dict[str, SourceStatus] = {}
     for key in vault.receipts_after(time_prefix(at - WEEK)):
-        receipt = vault.read_receipt(key)
+        try:
+            receipt = vault.read_receipt(key)
+        except VaultError as err:
+            log.error("%s: receipt cannot be read: %s", key, err,
+                      extra={"event": "status.bad_receipt"})
+            if unreadable is not None:
+                unreadable.append(key)
+            continue
         name = journal_source(receipt, vault)
         status = sources.setdefault(name, SourceStatus(name))
         age = at - receipt.received_at

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vault import ConfigError, VaultError
 from vault.audit import command_line_actor as _operator
@@ -19,6 +20,9 @@ from vault.control import ControlDB
 from vault.keys import LocalKeyFile
 from vault.store import LocalWormStore
 from web.accounts import AccountError, Accounts, check_password, token_id_of
+
+if TYPE_CHECKING:
+    from indexer.reconcile import Coverage
 
 log = logging.getLogger("strongroom")
 
@@ -343,7 +347,8 @@ def status(arguments: argparse.Namespace) -> int:
 
     settings = _settings(arguments)
     control = _control(settings)
-    sources = collect(open_vault(settings), control)
+    unreadable: list[str] = []
+    sources = collect(open_vault(settings), control, unreadable)
     at = now()
     print(f"{'journal source':<32} {'last hour':>18} {'last day':>20} "
           f"{'last message (UTC)':>20} {'4xx/day':>7} {'5xx/day':>7}")
@@ -356,11 +361,18 @@ def status(arguments: argparse.Namespace) -> int:
               + ("  SILENT" if source.is_silent(at) else ""))
     if not sources:
         print("no mail and no refusals in the last 7 days")
-    _print_coverage(settings)
+    coverage = _print_coverage(settings)
+    unreadable = sorted(set(unreadable) | set(coverage.unreadable))
+    if unreadable:
+        # Exit 1: the figures above are shown, but leave these out.
+        print(f"{len(unreadable)} receipt(s) cannot be read and are not counted above "
+              f"(run `strongroom verify`): {', '.join(unreadable[:5])}"
+              + (" ..." if len(unreadable) > 5 else ""))
+        return 1
     return 0
 
 
-def _print_coverage(settings: Settings) -> None:
+def _print_coverage(settings: Settings) -> Coverage:
     # Catalogue coverage: messages stored vs indexed, per day of receipt.
     from indexer.catalogue import open_catalogue
     from indexer.reconcile import Reconciler
@@ -373,6 +385,7 @@ def _print_coverage(settings: Settings) -> None:
         if day.gap or day.partial:
             print(f"  {day.day}  stored {day.stored:>7}  indexed {day.indexed:>7}  "
                   f"partial {day.partial:>5}" + (f"  GAP {day.gap}" if day.gap else ""))
+    return coverage
 
 
 def reindex(arguments: argparse.Namespace) -> int:
