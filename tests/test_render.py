@@ -63,6 +63,8 @@ def test_frame_policy_allows_remote_images_only_when_asked():
     ("../../etc/passwd", "etc_passwd"), ("a\r\nSet-Cookie: x.txt", "a_Set-Cookie_ x.txt"),
     ("C:\\Users\\x.doc", "C_Users_x.doc"), ("....", ""), ('re"port".pdf', "re_port_.pdf"),
     ("名前.txt", "名前.txt"), ("x" * 300 + ".pdf", "x" * 146 + ".pdf"),
+    # Direction marks would show this .exe as "invoiceexe.png".
+    ("invoice\u202egnp.exe", "invoice_gnp.exe"), ("a\u2067b\u2069\u200f.pdf", "a_b_.pdf"),
 ])
 def test_file_names_are_made_safe(name, safe):
     assert safe_filename(name) == safe

@@ -45,7 +45,10 @@ INERT_DOWNLOAD_TYPES = INLINE_IMAGE_TYPES | {
     "message/rfc822",
 }
 SAFE_DEFAULT_TYPE = "application/octet-stream"
-_UNSAFE_NAME_CHARACTERS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+# Controls, path and reserved characters, and the marks that reorder text:
+# "invoice<RIGHT-TO-LEFT OVERRIDE>gnp.exe" reads as "invoiceexe.png".
+_UNSAFE_NAME_CHARACTERS = re.compile(
+    r'[\x00-\x1f\x7f/\\:*?"<>|\u200e\u200f\u202a-\u202e\u2066-\u2069]+')
 
 
 @dataclasses.dataclass(frozen=True)
