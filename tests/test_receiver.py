@@ -223,6 +223,23 @@ def test_too_many_recipients_get_452_and_the_rest_are_accepted(vault, receiver):
         assert client.rcpt("c@example.com")[0] == 452
 
 
+def test_addresses_with_control_characters_get_501_and_nothing_is_stored(vault, receiver):
+    # A NUL in an address went into the log and the receipt as it came.
+    server = receiver()
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo()
+        code, text = client.mail("ali\x00ce@example.com")
+        assert (code, text) == (501, b"5.1.3 Bad sender address: control characters "
+                                     b"are not allowed")
+        assert client.mail("alice@example.com")[0] == 250
+        assert client.rcpt("bob\x00@example.com")[0] == 501
+        assert client.rcpt("bob\x1b@example.com")[0] == 501
+        assert client.rcpt("bob@example.com")[0] == 250
+        assert client.data(b"Subject: controls\r\n\r\nbody\r\n")[0] == 250
+    [(receipt, _)] = stored_messages(vault)
+    assert receipt.rcpt_tos == ("bob@example.com",)
+
+
 def test_ehlo_announces_size_8bitmime_and_smtputf8_and_no_auth_in_clear(receiver):
     server = receiver(max_size=1 << 20)
     with smtplib.SMTP("127.0.0.1", server.port) as client:

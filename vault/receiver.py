@@ -39,6 +39,9 @@ OK_250_LMTP = "250 2.0.0 <{recipient}> archived {receipt}"
 ERR_451 = "451 4.3.0 Archive temporarily unable to store the message; try again later"
 ERR_451_LMTP = "451 4.3.0 <{recipient}> archive temporarily unable to store the message"
 ERR_452_RECIPIENTS = "452 4.5.3 Too many recipients"
+# RFC 5321 section 4.1.2: no control characters anywhere in a path; a NUL
+# in an address would also reach the log and every receipt as it came.
+ERR_501_CONTROLS = "501 5.1.3 Bad {what} address: control characters are not allowed"
 ERR_530_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 ERR_530_AUTH = ("530 5.7.0 Authentication required: client host {peer} must "
                 "start TLS and authenticate as a journal sender")
@@ -80,6 +83,13 @@ DRAIN_POLL_SECONDS = 0.05
 # end (as smtplib and Postfix do, RFC 5321 section 4.5.2) stuffs a dot after
 # it too; remove that one as well so a bare-LF line of ".." is stored as ".".
 _STUFFED_AFTER_BARE_LF = re.compile(rb"(?<!\r)\n\.")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _has_controls(address: str) -> bool:
+    return _CONTROL.search(address) is not None
 
 
 def unstuff_bare_lf_lines(content: bytes) -> bytes:
@@ -203,6 +213,8 @@ class JournalHandler:
                         refused, extra={"event": "receiver.refused"})
             await self.record_refusal(session, [], refused)
             return refused
+        if _has_controls(address):
+            return ERR_501_CONTROLS.format(what="sender")
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -213,6 +225,8 @@ class JournalHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return ERR_452_RECIPIENTS
+        if _has_controls(address):
+            return ERR_501_CONTROLS.format(what="recipient")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
