@@ -78,6 +78,9 @@ class Follower:
         self.overlap = overlap
         self.wake = threading.Event()
         self._recent: set[str] = set()
+        # Keys of receipts and messages that could not be read (damaged or
+        # gone), so that a rebuild can say what it left out.
+        self.unreadable: set[str] = set()
         self._generation: Path | None = None
         self.reconciler: Reconciler | None = None
 
@@ -295,6 +298,7 @@ class Follower:
                 # pass (or reindex) tries it again.
                 log.exception("%s: receipt cannot be read; not indexed", key,
                               extra={"event": "follower.bad_receipt"})
+                self.unreadable.add(key)
 
     def _plan(self, receipts: Iterable[tuple[str, Receipt]]) -> dict[str, _Planned]:
         """Group the receipts by message.
@@ -334,6 +338,7 @@ class Follower:
                 log.error("%s: message cannot be read; not indexed",
                           message_key, exc_info=True,
                           extra={"event": "follower.bad_message"})
+                self.unreadable.add(message_key)
 
     def _new_document(self, receipt: Receipt, message_id: str) -> dict | None:
         """Return one message's document, extracted in this process.

@@ -31,12 +31,17 @@ REINDEX_BATCH_RECEIPTS = 2000
 
 @dataclasses.dataclass(frozen=True)
 class ReindexReport:
-    """What a rebuild did: receipts read, documents made, time taken."""
+    """What a rebuild did: receipts read, documents made, time taken.
+
+    ``unreadable`` names the receipts and messages that could not be read
+    (damaged or gone) and so are not in the new generation.
+    """
 
     generation: str
     receipts: int
     documents: int
     seconds: float
+    unreadable: tuple[str, ...] = ()
 
 
 def reindex(vault: Vault, catalogue: Catalogue,
@@ -63,4 +68,9 @@ def reindex(vault: Vault, catalogue: Catalogue,
     log.info("reindexed %d receipts into %d documents in %.1f s (generation %s)",
              receipts, documents, seconds, target.name,
              extra={"event": "catalogue.reindexed"})
-    return ReindexReport(target.name, receipts, documents, seconds)
+    unreadable = tuple(sorted(follower.unreadable))
+    if unreadable:
+        log.error("reindex left out %d object(s) that could not be read: %s",
+                  len(unreadable), ", ".join(unreadable[:5]),
+                  extra={"event": "catalogue.reindex_incomplete"})
+    return ReindexReport(target.name, receipts, documents, seconds, unreadable)

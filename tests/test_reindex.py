@@ -155,3 +155,30 @@ def test_status_shows_coverage_and_gap_and_reindex_rebuilds(tmp_path, monkeypatc
     assert "Reindexed 3 receipts into 3 documents" in capsys.readouterr().out
     assert strongroom(["status", "--home", str(home)]) == 0
     assert "catalogue: 3 of 3 messages indexed, 0 partially; gap 0" in capsys.readouterr().out
+
+
+def test_reindex_names_what_it_could_not_read_and_exits_1(tmp_path, capsys):
+    # A damaged message and a damaged receipt dropped out of the rebuilt
+    # catalogue while reindex said nothing and exited 0.
+    from vault.config import load
+    from vault.ingest import open_vault
+
+    home = make_home(tmp_path, people={})
+    settings = load(home)
+    vault = open_vault(settings)
+    deliver(vault, 3)
+    receipts = [vault.read_receipt(key) for key in vault.receipts_after("")]
+    store = settings.path(settings.store.path) / "objects"
+    for key in (receipts[0].message_key, receipts[1].key):
+        path = store / key
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.chmod(0o644)
+        path.write_bytes(bytes(data))
+    capsys.readouterr()
+
+    assert strongroom(["reindex", "--home", str(home)]) == 1
+    out = capsys.readouterr().out
+    assert "Reindexed 3 receipts into 1 documents" in out
+    assert "2 object(s) could not be read and are not in the catalogue" in out
+    assert receipts[0].message_key in out and receipts[1].key in out

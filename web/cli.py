@@ -400,9 +400,16 @@ def reindex(arguments: argparse.Namespace) -> int:
     report = rebuild(open_vault(settings), open_catalogue(settings),
                      overlap=dt.timedelta(seconds=settings.catalogue.overlap_seconds))
     _control(settings).audit(_operator(), "catalogue.reindexed", report.generation,
-                             receipts=report.receipts, documents=report.documents)
+                             receipts=report.receipts, documents=report.documents,
+                             unreadable=len(report.unreadable))
     print(f"Reindexed {report.receipts} receipts into {report.documents} documents "
           f"in {report.seconds:.1f} s; generation {report.generation} is current")
+    if report.unreadable:
+        # Exit 1: the new catalogue is current, but lacks these.
+        print(f"{len(report.unreadable)} object(s) could not be read and are not in the "
+              f"catalogue (run `strongroom verify`): {', '.join(report.unreadable[:5])}"
+              + (" ..." if len(report.unreadable) > 5 else ""))
+        return 1
     return 0
 
 
