@@ -62,3 +62,12 @@ def _scratch_dir() -> Path:
         _scratch = Path(tempfile.mkdtemp(prefix="strongroom-homes-"))
         atexit.register(shutil.rmtree, _scratch, True)
     return _scratch
+
+
+def damage(home: Path, key: str) -> None:
+    """Flip one bit in the middle of the stored object ``key`` of ``home``."""
+    path = home / "store" / "objects" / key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))

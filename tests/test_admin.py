@@ -12,6 +12,7 @@ import pytest
 from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.ediscovery import make_home, message, portal_app
+from tests.homes import damage
 from tests.portal_accounts import csrf_token, sign_in, signed_in
 from vault.config import load
 from vault.ingest import open_vault
@@ -199,11 +200,7 @@ def test_coverage_shows_a_gap_until_the_follower_indexes(app, home):
 def test_coverage_names_a_damaged_receipt_and_shows_the_rest(app, home):
     settings = load(home)
     key = next(iter(open_vault(settings).receipts_after("")))
-    path = settings.path(settings.store.path) / "objects" / key
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
+    damage(home, key)
     admin = signed_in(app, ADMIN, ADMIN_PASSWORD)
     response = admin.get("/admin/coverage")
     assert response.status_code == 200

@@ -14,7 +14,7 @@ from indexer.follow import Follower
 from indexer.reconcile import Reconciler
 from indexer.reindex import reindex
 from tests.conftest import CASES
-from tests.homes import make_home
+from tests.homes import damage, make_home
 from vault.ingest import Vault
 from vault.keys import LocalKeyFile
 from vault.ownership import Envelope, OwnershipRules
@@ -168,13 +168,8 @@ def test_reindex_names_what_it_could_not_read_and_exits_1(tmp_path, capsys):
     vault = open_vault(settings)
     deliver(vault, 3)
     receipts = [vault.read_receipt(key) for key in vault.receipts_after("")]
-    store = settings.path(settings.store.path) / "objects"
     for key in (receipts[0].message_key, receipts[1].key):
-        path = store / key
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0x01
-        path.chmod(0o644)
-        path.write_bytes(bytes(data))
+        damage(home, key)
     capsys.readouterr()
 
     assert strongroom(["reindex", "--home", str(home)]) == 1

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import CASES
 from tests.harness import ArchiveServer, strongroom as cli
-from tests.homes import make_home
+from tests.homes import damage, make_home
 from vault.config import load
 from vault.control import ControlDB
 from vault.ingest import open_vault
@@ -88,11 +88,7 @@ def test_a_damaged_receipt_is_named_and_the_rest_still_counted(home, capsys):
     for name in ("B16.eml", "B22.eml"):
         vault.archive((CASES / name).read_bytes(),
                       Envelope("a@example.com", ("journal@archive.test",), peer="127.0.0.1"))
-    path = home / "store" / "objects" / damaged.key
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
+    damage(home, damaged.key)
 
     capsys.readouterr()
     assert strongroom(["status", "--home", str(home)]) == 1
