@@ -201,3 +201,40 @@ def test_help_page_documents_every_field_the_parser_knows(app):
     page = app.test_client().get("/help").get_data(as_text=True)
     for name in (*FIELDS, "date", "after", "before", "has", "larger", "smaller"):
         assert f"<code>{name}:" in page, name
+
+
+def test_a_full_disk_is_a_503_with_a_retry_not_a_500(app, monkeypatch, caplog):
+    # With the disk full, every page that writes (the audit, the session)
+    # answered Flask's generic 500.
+    import sqlite3
+
+    from vault.control import ControlDB
+
+    client = app.test_client()
+    sign_in(client)
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ControlDB, "audit", full)
+    response = client.get("/search", query_string={"q": "AVOCET"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "300"
+    assert "The archive&#39;s disk is full" in response.get_data(as_text=True)
+    assert "Traceback" not in caplog.text and "the disk is full" in caplog.text
+
+
+def test_disk_full_is_found_behind_the_errors_it_caused():
+    import errno
+
+    from web.app import _is_disk_full
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("could not write the session") from err
+    except RuntimeError as wrapped:
+        assert _is_disk_full(wrapped)
+    assert not _is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not _is_disk_full(ValueError("disk is full"))

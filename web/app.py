@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
+import sqlite3
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template, request
@@ -113,6 +115,22 @@ def _security_headers(response):
     return response
 
 
+DISK_FULL_RETRY_SECONDS = 300
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """Tell whether ``error`` (or what caused it) is a full disk or quota."""
+    for _ in range(10):  # a chain of causes, never followed round a loop
+        if error is None:
+            return False
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _register_errors(app: Flask) -> None:
     def wants_json() -> bool:
         return request.path.startswith("/api/")
@@ -132,6 +150,17 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
+        if _is_disk_full(error):
+            # Nothing the reader can fix, and it passes once space is made:
+            # 503 with a retry, and one line in the log, not a traceback.
+            log.error("%s %s: the disk is full: %s", request.method, request.path, error,
+                      extra={"event": "portal.disk_full"})
+            message = ("The archive's disk is full, so this could not be done. "
+                       "Please try again later; the administrator has been told.")
+            headers = {"Retry-After": str(DISK_FULL_RETRY_SECONDS)}
+            if wants_json():
+                return jsonify(error="disk_full", message=message), 503, headers
+            return render_template("error.html", code=503, message=message), 503, headers
         log.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on our side; it has been logged."
         if wants_json():
