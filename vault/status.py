@@ -53,13 +53,12 @@ def journal_source(receipt: Receipt, vault: Vault) -> str:
     return receipt.peer or "unknown"
 
 
-def collect(vault: Vault, control: ControlDB,
-            unreadable: list[str] | None = None) -> list[SourceStatus]:
+def collect(vault: Vault, control: ControlDB) -> list[SourceStatus]:
     """Return the status of every source seen in the last week, by name.
 
     A receipt that cannot be read (damaged, or gone) is left out of the
-    counts and its key added to ``unreadable``: one bad object must not
-    blind the view of every source.
+    counts: one bad object must not blind the view of every source.  The
+    catalogue's coverage (``indexer.reconcile``) names every such receipt.
     """
     at = now()
     sources: dict[str, SourceStatus] = {}
@@ -69,8 +68,6 @@ def collect(vault: Vault, control: ControlDB,
         except VaultError as err:
             log.error("%s: receipt cannot be read: %s", key, err,
                       extra={"event": "status.bad_receipt"})
-            if unreadable is not None:
-                unreadable.append(key)
             continue
         name = journal_source(receipt, vault)
         status = sources.setdefault(name, SourceStatus(name))

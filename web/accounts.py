@@ -26,9 +26,10 @@ MIN_PASSWORD_LENGTH = 12
 TOKEN_PREFIX = "srt_"
 
 password_hasher = PasswordHasher()
+# A token's id: the first hex digits of its digest.
+TOKEN_ID_DIGITS = 12
 # Verifying against this keeps a sign-in for an unknown address as slow as
 # one for a known address, so timing does not reveal which accounts exist.
-TOKEN_ID_DIGITS = 12
 DUMMY_HASH = password_hasher.hash(secrets.token_urlsafe(16))
 
 

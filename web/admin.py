@@ -121,17 +121,14 @@ def coverage() -> Any:
     from vault.status import collect
 
     report = _reconciler().coverage(archive().catalogue)
-    unreadable: list[str] = []
-    sources = collect(archive().vault, archive().control, unreadable)
-    unreadable = sorted(set(unreadable) | set(report.unreadable))
+    sources = collect(archive().vault, archive().control)
     recent = {day.day for day in report.days[-RECENT_DAYS:]}
     days = [day for day in reversed(report.days)
             if day.gap or day.partial or day.day in recent]
     archive().control.audit(principal().address, "admin.coverage.viewed",
                             gap=report.stored - report.indexed)
     return render_template("admin_coverage.html", coverage=report, days=days,
-                           sources=sources, now=clock.now(), recent_days=RECENT_DAYS,
-                           unreadable=unreadable)
+                           sources=sources, now=clock.now(), recent_days=RECENT_DAYS)
 
 
 def _reconciler():

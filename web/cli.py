@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -347,8 +348,7 @@ def status(arguments: argparse.Namespace) -> int:
 
     settings = _settings(arguments)
     control = _control(settings)
-    unreadable: list[str] = []
-    sources = collect(open_vault(settings), control, unreadable)
+    sources = collect(open_vault(settings), control)
     at = now()
     print(f"{'journal source':<32} {'last hour':>18} {'last day':>20} "
           f"{'last message (UTC)':>20} {'4xx/day':>7} {'5xx/day':>7}")
@@ -361,13 +361,11 @@ def status(arguments: argparse.Namespace) -> int:
               + ("  SILENT" if source.is_silent(at) else ""))
     if not sources:
         print("no mail and no refusals in the last 7 days")
-    coverage = _print_coverage(settings)
-    unreadable = sorted(set(unreadable) | set(coverage.unreadable))
+    unreadable = _print_coverage(settings).unreadable
     if unreadable:
         # Exit 1: the figures above are shown, but leave these out.
         print(f"{len(unreadable)} receipt(s) cannot be read and are not counted above "
-              f"(run `strongroom verify`): {', '.join(unreadable[:5])}"
-              + (" ..." if len(unreadable) > 5 else ""))
+              f"(run `strongroom verify`): {_first_keys(unreadable)}")
         return 1
     return 0
 
@@ -407,10 +405,14 @@ def reindex(arguments: argparse.Namespace) -> int:
     if report.unreadable:
         # Exit 1: the new catalogue is current, but lacks these.
         print(f"{len(report.unreadable)} object(s) could not be read and are not in the "
-              f"catalogue (run `strongroom verify`): {', '.join(report.unreadable[:5])}"
-              + (" ..." if len(report.unreadable) > 5 else ""))
+              f"catalogue (run `strongroom verify`): {_first_keys(report.unreadable)}")
         return 1
     return 0
+
+
+def _first_keys(keys: Sequence[str], shown: int = 5) -> str:
+    """Return the first ``shown`` object keys, and "..." if there are more."""
+    return ", ".join(keys[:shown]) + (" ..." if len(keys) > shown else "")
 
 
 def _megabytes(count: int) -> str:
