@@ -152,7 +152,12 @@ def capturing_documents(into: list[dict]):
 
 
 class BareTantivy:
-    """tantivy's own writer, with the catalogue's schema and settings."""
+    """tantivy's own writer, with the catalogue's schema and settings.
+
+    One writer serves every batch of a stage, committing each, and its
+    merges are waited for at the end: how tantivy is meant to be fed, and
+    how the catalogue keeps its writer between close batches.
+    """
 
     def __init__(self, path: Path) -> None:
         from indexer.engines import tantivy_engine as engine
@@ -161,17 +166,22 @@ class BareTantivy:
         path.mkdir(parents=True, exist_ok=True)
         self.index = engine.tantivy.Index(engine.SCHEMA, path=str(path))
         self.index.register_tokenizer(engine.ANALYZER, engine._analyzer())
+        self.writer: Any = None
 
     def prepare(self, documents: list[dict]) -> list[Any]:
         return [self.engine._tantivy_document(document) for document in documents]
 
     def write(self, prepared: list[Any]) -> None:
-        writer = self.index.writer(heap_size=self.engine.WRITER_HEAP_BYTES,
-                                   num_threads=self.engine.WRITER_THREADS)
+        if self.writer is None:
+            self.writer = self.index.writer(heap_size=self.engine.WRITER_HEAP_BYTES,
+                                            num_threads=self.engine.WRITER_THREADS)
         for document in prepared:
-            writer.add_document(document)
-        writer.commit()
-        writer.wait_merging_threads()
+            self.writer.add_document(document)
+        self.writer.commit()
+
+    def finish(self) -> None:
+        self.writer.wait_merging_threads()
+        self.writer = None
 
 
 class BareWhoosh:
@@ -194,6 +204,9 @@ class BareWhoosh:
         for fields in prepared:
             writer.add_document(**fields)
         writer.commit()
+
+    def finish(self) -> None:
+        return None
 
 
 BARE_WRITERS = {"tantivy": BareTantivy, "whoosh": BareWhoosh}
@@ -270,6 +283,7 @@ class EngineRun:
         started = time.perf_counter()
         with capturing_documents(prepared):
             count = self.follower.catch_up()
+            self.catalogue.settle()
         full_seconds = time.perf_counter() - started
         cpu = process_cpu_seconds() - cpu
         workers_cpu = children_cpu_seconds() - workers_cpu
@@ -279,6 +293,7 @@ class EngineRun:
         started = time.perf_counter()
         for start in range(0, len(native), REINDEX_BATCH_RECEIPTS):
             self.bare.write(native[start:start + REINDEX_BATCH_RECEIPTS])
+        self.bare.finish()
         bare_seconds = time.perf_counter() - started
         bare_cpu = process_cpu_seconds() - bare_cpu
         full_rate = count / full_seconds

@@ -161,7 +161,8 @@ class Engine(Protocol):
     own dialect.  ``owners`` None means every mailbox and is used only by
     privileged callers; otherwise the engine must filter by it inside the
     query.  ``batch`` waits up to WRITER_WAIT_SECONDS for a writer held by
-    another process and raises IndexerError after that.
+    another process and raises IndexerError after that; an engine may keep
+    its writer (and the lock) for a while after a batch, until ``settle``.
     """
 
     def search(self, node: query_tree.Node, owners: frozenset[str] | None, *,
@@ -176,6 +177,8 @@ class Engine(Protocol):
     def count(self) -> int: ...
 
     def batch(self) -> contextlib.AbstractContextManager[Batch]: ...
+
+    def settle(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -383,6 +386,17 @@ class Catalogue:
         with self.batch() as batch:
             for message_id in message_ids:
                 batch.delete(message_id)
+
+    def settle(self) -> None:
+        """Finish what the writes so far left running, and free the index lock.
+
+        An engine may keep its writer, and the lock that goes with it,
+        between batches that come close together; this releases it now.
+        """
+        with self._lock:
+            engine = self._engine
+        if engine is not None:
+            engine.settle()
 
     def close(self) -> None:
         """Release the engine's files."""

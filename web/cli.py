@@ -330,8 +330,11 @@ def purge(arguments: argparse.Namespace) -> int:
     vault = open_vault(settings)
     control = _control(settings)
     catalogue = open_catalogue(settings)
-    report = purge_vault(vault, control, Holds(control, vault.store), actor=arguments.actor,
-                         dry_run=arguments.dry_run, remove_documents=catalogue.delete)
+    try:
+        report = purge_vault(vault, control, Holds(control, vault.store), actor=arguments.actor,
+                             dry_run=arguments.dry_run, remove_documents=catalogue.delete)
+    finally:
+        catalogue.close()
     verb = "Would delete" if arguments.dry_run else "Deleted"
     for key in report.messages:
         print(f"{verb} {key}")

@@ -130,4 +130,6 @@ class Service:
             for thread in (follower, sealer):
                 if thread.ident is not None:
                     thread.join(timeout=60)
+            # The follower's last writer: its merges, and the index lock.
+            self.catalogue.close()
             log.info("stopped", extra={"event": "service.stopped"})

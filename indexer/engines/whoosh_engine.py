@@ -128,6 +128,10 @@ class WhooshEngine:
             raise
         writer.commit()
 
+    def settle(self) -> None:
+        # Each batch's writer commits and is gone; nothing is left running.
+        return None
+
     def close(self) -> None:
         self._index.close()
 
