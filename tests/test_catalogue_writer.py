@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 
@@ -113,3 +114,31 @@ def test_writing_without_pause_still_lets_another_writer_in(tmp_path, monkeypatc
         writing.join()
     assert follower.search("subject:note", owners=frozenset({"bob@example.com"})).total > 1
     assert follower.document("m0000") is None
+
+
+PREVIEW = 'Kestrel "quoted"\n\ttabbed, café 東京 \x00 after a NUL, \udcff undecodable, end'
+
+
+def test_the_preview_is_stored_apart_and_reads_back_exactly(tmp_path):
+    catalogue = Catalogue(tmp_path / "catalogue", "tantivy")
+    with catalogue.batch() as batch:
+        batch.add({**document(1), "preview": PREVIEW})
+    assert catalogue.document("m0001")["preview"] == PREVIEW
+    stored = tantivy_engine.pack_record({"id": "m0001", "preview": PREVIEW})
+    assert stored.startswith(b'{"id": "m0001"}\0')
+    [hit] = catalogue.search("kestrel", owners=frozenset({"bob@example.com"})).hits
+    assert "Kestrel" in "".join(text for text, _ in hit.snippet)
+
+
+def test_records_stored_as_json_alone_still_read(tmp_path, monkeypatch):
+    catalogue = Catalogue(tmp_path / "catalogue", "tantivy")
+    monkeypatch.setattr(tantivy_engine, "pack_record",
+                        lambda record: json.dumps(record).encode("utf-8"))
+    with catalogue.batch() as batch:
+        batch.add({**document(1), "preview": PREVIEW})
+    monkeypatch.undo()
+    with catalogue.batch() as batch:
+        batch.add({**document(1), "id": "m0002", "preview": PREVIEW})
+    old, new = catalogue.document("m0001"), catalogue.document("m0002")
+    assert old["preview"] == new["preview"] == PREVIEW
+    assert {**old, "id": ""} == {**new, "id": ""}

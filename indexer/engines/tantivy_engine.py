@@ -320,12 +320,36 @@ def _tantivy_document(document: dict) -> tantivy.Document:
         entry.add_integer("date", micros(document["date"]))
         entry.add_unsigned("year", document["date"].year)
     entry.add_unsigned("size", max(0, document["size"]))
-    entry.add_bytes("record", json.dumps(record_of(document)).encode("utf-8"))
+    entry.add_bytes("record", pack_record(record_of(document)))
     return entry
 
 
+def pack_record(record: dict) -> bytes:
+    """Return a record as stored: JSON, then a NUL, then the preview as UTF-8.
+
+    The preview is up to 100,000 characters of body; through ``json.dumps``
+    it cost 0.3 ms per large message, the largest part of writing one, with
+    the interpreter held all along.  Kept apart, it is copied out as it is.
+    JSON never holds a raw NUL, so the first one ends it.  Lone surrogates
+    (undecodable header bytes) survive through "surrogatepass".
+    """
+    fields = dict(record)
+    preview = fields.pop("preview", "")
+    return b"%s\0%s" % (json.dumps(fields).encode("ascii"),
+                        preview.encode("utf-8", "surrogatepass"))
+
+
+def unpack_record(stored: bytes) -> dict:
+    """Read a stored record back; records kept as JSON alone still read."""
+    head, separator, preview = stored.partition(b"\0")
+    record: dict = json.loads(head)
+    if separator:
+        record["preview"] = preview.decode("utf-8", "surrogatepass")
+    return record
+
+
 def _record(entry: tantivy.Document) -> dict:
-    return json.loads(entry.get_first("record"))
+    return unpack_record(entry.get_first("record"))
 
 
 def _find(searcher: tantivy.Searcher, message_id: str) -> dict | None:
