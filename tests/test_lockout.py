@@ -1,9 +1,12 @@
-# After N wrong passwords an account locks until an administrator unlocks
-# it; the sign-in answer never tells a locked or unknown account from a
-# wrong password, in its words, its status or (roughly) its time.
+# After N wrong passwords an account locks for a while (or until an
+# administrator unlocks it); the sign-in answer never tells a locked or
+# unknown account from a wrong password, in its words, its status or
+# (roughly) its time.  One client failing too often is refused before its
+# attempts can lock accounts.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import statistics
@@ -12,9 +15,11 @@ import time
 import pytest
 
 from tests.harness import USER_PASSWORD, ArchiveServer, strongroom
-from tests.portal_accounts import (BOB, PASSWORD, audit_actions, make_app, portal_home,  # noqa: F401
-                                   sign_in)
+from tests.portal_accounts import (BOB, CAROL, PASSWORD, audit_actions, make_app,  # noqa: F401
+                                   portal_home, sign_in)
 from tests.portal_client import PortalClient
+from vault import clock
+from web.lockout import ClientThrottle
 
 FAILURE = "Sign-in failed: the address or password is wrong."
 
@@ -130,3 +135,86 @@ def _token(client):
     from tests.portal_accounts import csrf_token
 
     return csrf_token(client, "/account")
+
+
+def test_a_lock_lifts_by_itself_after_lockout_minutes(portal_home, monkeypatch):
+    app = make_app(portal_home, "lockout_attempts = 2\nlockout_minutes = 10")
+    client = app.test_client()
+    for _ in range(2):
+        assert sign_in(client, password="wrong password!").status_code == 401
+    assert sign_in(client).status_code == 401
+    started = clock.now()
+    monkeypatch.setattr(clock, "now", lambda: started + dt.timedelta(minutes=9))
+    assert sign_in(client).status_code == 401
+    monkeypatch.setattr(clock, "now", lambda: started + dt.timedelta(minutes=11))
+    # After the lock lifts, one wrong password starts a new run, no new lock.
+    assert sign_in(client, password="wrong password!").status_code == 401
+    assert sign_in(client).status_code == 302
+    [locked] = app.extensions["strongroom"].control.audit_events(action="account.locked")
+    until = dt.datetime.fromisoformat(json.loads(locked["detail"])["until"])
+    assert dt.timedelta(minutes=9) < until - started <= dt.timedelta(minutes=10)
+
+
+def test_lockout_minutes_0_locks_until_an_administrator_unlocks(portal_home, monkeypatch):
+    app = make_app(portal_home, "lockout_attempts = 1\nlockout_minutes = 0")
+    client = app.test_client()
+    assert sign_in(client, password="wrong password!").status_code == 401
+    later = clock.now() + dt.timedelta(days=30)
+    monkeypatch.setattr(clock, "now", lambda: later)
+    assert sign_in(client).status_code == 401
+
+
+def from_client(client, address):
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def test_one_client_cannot_lock_every_account(portal_home):
+    app = make_app(portal_home, "lockout_attempts = 3\nclient_failures = 5")
+    attacker = from_client(app.test_client(), "192.0.2.66")
+    for _ in range(3):
+        assert sign_in(attacker, password="wrong password!").status_code == 401
+    for _ in range(2):
+        assert sign_in(attacker, address=CAROL, password="wrong password!").status_code == 401
+    refused = sign_in(attacker, address=CAROL, password="wrong password!")
+    assert refused.status_code == 429
+    assert 14 * 60 <= int(refused.headers["Retry-After"]) <= 15 * 60 + 1
+    assert "Too many failed sign-ins from your network" in refused.get_data(as_text=True)
+    # Not tried, so not counted: carol is not locked, and signs in from her own desk.
+    assert sign_in(attacker, address=CAROL).status_code == 429
+    carol = from_client(app.test_client(), "192.0.2.10")
+    assert sign_in(carol, address=CAROL).status_code == 302
+    throttled = app.extensions["strongroom"].control.audit_events(action="login.throttled")
+    assert [(event["actor"], json.loads(event["detail"])["peer"]) for event in throttled] == [
+        (CAROL, "192.0.2.66"), (CAROL, "192.0.2.66")]
+
+
+def test_a_clients_failures_age_out_of_the_window():
+    now = [1000.0]
+    throttle = ClientThrottle(3, window_minutes=1, clock=lambda: now[0])
+    for step in range(3):
+        assert throttle.retry_after("192.0.2.1") == 0
+        throttle.failed("192.0.2.1")
+        now[0] += 10
+    assert throttle.retry_after("192.0.2.1") == 31    # the first failure leaves at 1060
+    assert throttle.retry_after("192.0.2.2") == 0
+    now[0] = 1060.5
+    assert throttle.retry_after("192.0.2.1") == 0
+    throttle.failed("192.0.2.1")
+    assert throttle.retry_after("192.0.2.1") == 10    # the second leaves at 1070
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_throttled(portal_home):
+    with open(portal_home / "config.toml", "a") as config:
+        config.write("\n[portal]\ntrusted_proxies = 1\n")
+    app = make_app(portal_home, "client_failures = 2")
+    proxy = from_client(app.test_client(), "127.0.0.1")
+
+    def through_proxy(client_address, **credentials):
+        proxy.environ_base["HTTP_X_FORWARDED_FOR"] = client_address
+        return sign_in(proxy, **credentials)
+
+    for _ in range(2):
+        assert through_proxy("198.51.100.7", password="wrong password!").status_code == 401
+    assert through_proxy("198.51.100.7").status_code == 429
+    assert through_proxy("198.51.100.8").status_code == 302

@@ -57,6 +57,7 @@ class PortalSettings:
     secret_key_file: str = "keys/portal-secret"
     secure_cookies: bool = False
     threads: int = 8
+    trusted_proxies: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,9 @@ class AccountSettings:
     password_history: int = 5
     password_max_age_days: int = 0
     lockout_attempts: int = 10
+    lockout_minutes: float = 15.0
+    client_failures: int = 30
+    client_window_minutes: float = 15.0
     session_idle_minutes: float = 30.0
     session_absolute_hours: float = 12.0
     require_totp_roles: tuple[str, ...] = ()
@@ -270,6 +274,9 @@ def validate(settings: Settings) -> None:
     """Check values that types alone cannot; raise ConfigError on the first."""
     parse_listen("receiver.listen", settings.receiver.listen)
     parse_listen("portal.listen", settings.portal.listen)
+    if not 0 <= settings.portal.trusted_proxies <= 10:
+        raise ConfigError(f"setting portal.trusted_proxies = {settings.portal.trusted_proxies!r}:"
+                          " expected 0 (none) to 10")
     for network in settings.receiver.trusted_networks:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -401,11 +408,12 @@ def _validate_accounts(accounts: AccountSettings) -> None:
     if not 1 <= accounts.password_classes <= 4:
         raise ConfigError(f"setting accounts.password_classes = {accounts.password_classes!r}:"
                           " expected 1 to 4")
-    for name in ("password_history", "password_max_age_days"):
+    for name in ("password_history", "password_max_age_days", "lockout_minutes",
+                 "client_failures"):
         if getattr(accounts, name) < 0:
             raise ConfigError(f"setting accounts.{name} = {getattr(accounts, name)!r}: "
                               "must not be negative")
-    for name in ("session_idle_minutes", "session_absolute_hours"):
+    for name in ("session_idle_minutes", "session_absolute_hours", "client_window_minutes"):
         if not getattr(accounts, name) > 0:
             raise ConfigError(f"setting accounts.{name} = {getattr(accounts, name)!r}: "
                               "must be more than 0")

@@ -17,7 +17,7 @@ from web.passwords import PasswordRefused
 from web.sessions import (current_session_digest, end_session, end_user_sessions,
                           user_sessions)
 from web.signin import (FAILURE_MESSAGE, complete_sign_in, fail_code, meet_obligation,
-                        next_page, pending_user, services)
+                        next_page, pending_user, refuse_throttled_client, services)
 from web.totp import qr_svg
 
 account_pages = Blueprint("account", __name__)
@@ -46,6 +46,9 @@ def code():
         return redirect(url_for("portal.login"))
     if request.method != "POST":
         return render_template("login_code.html")
+    throttled = refuse_throttled_client(user.address)
+    if throttled is not None:
+        return throttled
     account = services()
     if not account.lockout.is_locked(user.id) and account.factor.verify(
             user.id, request.form.get("code", "")):

@@ -28,6 +28,7 @@ from web.accounts import AccountError, User
 from web.archive import archive
 from web.roles import principal, requires
 from web.roster import list_accounts
+from web.signin import services
 
 admin_pages = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -50,7 +51,7 @@ def index() -> Any:
 @admin_pages.get("/accounts")
 @requires(ACCOUNTS_MANAGE, NotFound)
 def accounts() -> Any:
-    rows = list_accounts(archive().control)
+    rows = list_accounts(archive().control, services().lockout.minutes)
     archive().control.audit(principal().address, "admin.accounts.viewed",
                             accounts=len(rows))
     return render_template("admin_accounts.html", accounts=rows, roles=ROLES,

@@ -44,6 +44,14 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
         MAX_CONTENT_LENGTH=1024 * 1024,
         WTF_CSRF_TIME_LIMIT=None,
     )
+    if settings.portal.trusted_proxies:
+        # Behind a TLS proxy every request comes from the proxy; the client
+        # is the address it adds to X-Forwarded-For (the last N hops are
+        # trusted).  Sign-in throttling and the audit trail key on it.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.portal.trusted_proxies)
     control = ControlDB(settings.path(settings.control.database))
     vault = vault or open_vault(settings)
     catalogue = catalogue or open_catalogue(settings)

@@ -13,6 +13,7 @@ import datetime as dt
 
 from vault import clock
 from vault.control import ControlDB
+from web.lockout import lifts_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,8 @@ class AccountRow:
     role: str
     mailboxes: tuple[str, ...]
     locked_at: dt.datetime | None
+    # When the lock lifts by itself; None with locked_at: when unlocked.
+    locked_until: dt.datetime | None
     failed_attempts: int
     totp_enabled: bool
     password_changed_at: dt.datetime
@@ -31,7 +34,9 @@ class AccountRow:
 
     @property
     def is_locked(self) -> bool:
-        return self.locked_at is not None
+        if self.locked_at is None:
+            return False
+        return self.locked_until is None or clock.now() < self.locked_until
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -43,8 +48,11 @@ class AccountRow:
         return ((at or clock.now()) - self.password_changed_at).days
 
 
-def list_accounts(control: ControlDB) -> list[AccountRow]:
-    """Return every enabled account, by address."""
+def list_accounts(control: ControlDB, lockout_minutes: float = 0.0) -> list[AccountRow]:
+    """Return every enabled account, by address.
+
+    ``lockout_minutes`` is how long a lock lasts (0: until unlocked).
+    """
     with control.connect() as connection:
         users = connection.execute(
             "SELECT u.id, u.address, u.role, u.created_at, s.password_changed_at,"
@@ -65,12 +73,18 @@ def list_accounts(control: ControlDB) -> list[AccountRow]:
     return [AccountRow(
         id=row["id"], address=row["address"], role=row["role"],
         mailboxes=tuple(mailboxes.get(row["id"], ())),
-        locked_at=_time(row["locked_at"]), failed_attempts=row["failed_attempts"],
+        locked_at=_time(row["locked_at"]),
+        locked_until=_lifts(_time(row["locked_at"]), lockout_minutes),
+        failed_attempts=row["failed_attempts"],
         totp_enabled=bool(row["totp_enabled"]),
         password_changed_at=_time(row["password_changed_at"] or row["created_at"])
         or clock.now(),
         last_sign_in=_time(last_logins[row["address"]]),
     ) for row in users]
+
+
+def _lifts(locked_at: dt.datetime | None, minutes: float) -> dt.datetime | None:
+    return lifts_at(locked_at, minutes) if locked_at else None
 
 
 def _time(text: str | None) -> dt.datetime | None:

@@ -22,7 +22,7 @@ from vault import clock
 from vault.config import Settings
 from vault.control import ControlDB
 from web.accounts import Accounts, User
-from web.lockout import Lockout, audited_address
+from web.lockout import ClientThrottle, Lockout, audited_address
 from web.next_page import safe_next
 from web.passwords import PasswordBook, PasswordPolicy
 from web.sessions import ServerSessions, end_session, start_session
@@ -31,6 +31,8 @@ from web.totp import SecondFactor
 # How long a correct password waits for its second-factor code.
 PENDING_LIMIT = dt.timedelta(minutes=5)
 FAILURE_MESSAGE = "Sign-in failed: the address or password is wrong."
+THROTTLED_MESSAGE = ("Too many failed sign-ins from your network. Try again in {minutes} "
+                     "minute(s); an administrator can help sooner.")
 OBLIGATION_PAGES = {"password": "account.password", "totp": "account.totp"}
 # Pages a session with obligations may still reach, besides the page of
 # its first obligation.
@@ -48,6 +50,7 @@ class AccountServices:
     factor: SecondFactor
     sessions: ServerSessions
     require_totp_roles: frozenset[str]
+    throttle: ClientThrottle
 
 
 def services() -> AccountServices:
@@ -70,9 +73,10 @@ def install_accounts(app: Flask, settings: Settings, control: ControlDB,
     app.session_interface = sessions
     app.extensions["strongroom.accounts"] = AccountServices(
         control, accounts, PasswordBook(control, policy),
-        Lockout(control, options.lockout_attempts),
+        Lockout(control, options.lockout_attempts, options.lockout_minutes),
         SecondFactor(control, app.config["SECRET_KEY"], options.totp_issuer),
-        sessions, frozenset(options.require_totp_roles))
+        sessions, frozenset(options.require_totp_roles),
+        ClientThrottle(options.client_failures, options.client_window_minutes))
     app.register_blueprint(account_pages)
     app.before_request(_enforce_obligations)
     sessions.prune()
@@ -85,9 +89,13 @@ def sign_in_page():
     if request.method != "POST":
         return render_template("login.html", address="")
     address = request.form.get("address", "").strip()
+    throttled = refuse_throttled_client(address)
+    if throttled is not None:
+        return throttled
     user_id = services().lockout.verify_password(address, request.form.get("password", ""))
     user = services().accounts.get(user_id=user_id) if user_id is not None else None
     if user is None:
+        services().throttle.failed(request.remote_addr)
         # One message for every failure, so it never tells whether the
         # account exists or is locked.
         flash(FAILURE_MESSAGE)
@@ -100,6 +108,23 @@ def sign_in_page():
                               "next": wanted}
         return redirect(url_for("account.code"))
     return complete_sign_in(user, second_factor=False)
+
+
+def refuse_throttled_client(address: str):
+    """Return a 429 answer if this client has failed too often of late, else None.
+
+    The attempt is audited, and neither tried nor counted against the
+    account: the point is that one client cannot lock every account.
+    """
+    wait = services().throttle.retry_after(request.remote_addr)
+    if not wait:
+        return None
+    services().control.audit(audited_address(address) or "-", "login.throttled",
+                             peer=request.remote_addr, retry_after=wait)
+    flash(THROTTLED_MESSAGE.format(minutes=-(-wait // 60)))
+    answer = current_app.make_response((render_template("login.html", address=address), 429))
+    answer.headers["Retry-After"] = str(wait)
+    return answer
 
 
 def pending_user() -> User | None:
@@ -179,6 +204,7 @@ def sign_out():
 def fail_code(user: User) -> bool:
     """Count a wrong code; return True if the account is now locked."""
     account = services()
+    account.throttle.failed(request.remote_addr)
     account.lockout.fail(audited_address(user.address), user.id, "code")
     return account.lockout.is_locked(user.id)
 
