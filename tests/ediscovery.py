@@ -100,3 +100,13 @@ def audit_actions(home: Path, actor: str | None = None) -> list[str]:
     events = ControlDB(settings.path(settings.control.database)).audit_events(
         actor=actor, limit=10_000)
     return [event["action"] for event in reversed(events)]
+
+
+def message_id(home: Path, subject: str) -> str:
+    """Return the archive id of the one message of ``home`` with ``subject``."""
+    vault = open_vault(load(home))
+    for key in vault.receipts_after(""):
+        message_key = vault.read_receipt(key).message_key
+        if f"Subject: {subject}\n".encode() in vault.read_message(message_key):
+            return message_key.removeprefix("messages/")
+    raise AssertionError(f"no message {subject!r}")

@@ -64,10 +64,21 @@ def _scratch_dir() -> Path:
     return _scratch
 
 
-def damage(home: Path, key: str) -> None:
-    """Flip one bit in the middle of the stored object ``key`` of ``home``."""
+def damage(home: Path, key: str, how: str = "flip") -> None:
+    """Damage the stored object ``key`` of ``home``.
+
+    ``how`` is "flip" (one bit in the middle), "truncate" (keep the first
+    half) or "remove" (the object is gone).
+    """
     path = home / "store" / "objects" / key
+    if how == "remove":
+        path.unlink()
+        return
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    if how == "truncate":
+        del data[len(data) // 2:]
+    else:
+        assert how == "flip", how
+        data[len(data) // 2] ^= 0x01
     path.chmod(0o644)
     path.write_bytes(bytes(data))

@@ -14,7 +14,8 @@ import zipfile
 
 import pytest
 
-from tests.ediscovery import audit_actions, make_home, portal_app
+from tests.ediscovery import audit_actions, make_home, message_id, portal_app
+from tests.homes import damage
 from tests.portal_accounts import csrf_token, signed_in
 from vault.config import load
 
@@ -188,3 +189,24 @@ def test_admin_token_reaches_no_mail_through_the_api(app, home):
     assert client.get(f"/api/v1/messages/{message_id}/raw", headers=headers).status_code == 404
     assert client.get("/api/v1/search?q=kestrel").status_code == 401
     assert audit_actions(home, "admin@example.com")[-2:] == ["denied", "denied"]
+
+
+def test_an_export_with_a_damaged_message_says_completed_with_one_fault(app, home):
+    # The job used to end "failed" with the integrity error, exporting
+    # nothing; the other two messages are evidence all the same.
+    damaged = message_id(home, "From line test")
+    damage(home, f"messages/{damaged}")
+    officer = open_case(app)
+    page = "/cases/kestrel"
+    assert post(officer, "/cases/kestrel/searches/merger/export", {"format": "zip"},
+                page=page).status_code == 302
+    deadline = time.monotonic() + 240
+    while "done" not in (text := officer.get(page).get_data(as_text=True)):
+        assert time.monotonic() < deadline and "failed" not in text
+        time.sleep(0.2)
+    assert "completed with 1 fault(s)" in text
+    assert '<progress max="3" value="2">' in text
+    link = re.search(r'href="(/cases/kestrel/exports/\d+/manifest.json)"', text).group(1)
+    manifest = json.loads(officer.get(link).get_data())
+    assert len(manifest["items"]) == 2
+    assert [fault["id"] for fault in manifest["faults"]] == [damaged]

@@ -17,7 +17,8 @@ import zipfile
 import pytest
 
 from tests.conftest import REPOSITORY
-from tests.ediscovery import audit_actions, deliver, make_home
+from tests.ediscovery import audit_actions, deliver, make_home, message_id
+from tests.homes import damage
 from vault.ingest import Vault
 from web.cli import main as strongroom
 
@@ -72,7 +73,8 @@ def test_zip_export_verifies_and_holds_the_original_bytes(home, tmp_path):
     assert custody["case"]["name"] == "kestrel"
     assert custody["search"]["query"] == "kestrel"
     assert custody["operator"] == "comp@example.com"
-    assert custody["counts"] == {"messages": 4, "files": 2, "volumes": 2}
+    assert custody["counts"] == {"messages": 4, "files": 2, "volumes": 2, "faults": 0}
+    assert manifest["faults"] == []
     assert custody["catalogue_state"]["documents"] == 6
     assert custody["catalogue_state"]["cursor"].startswith("receipts/")
     key = (home / "keys" / "export-signing.pem")
@@ -259,8 +261,8 @@ def test_dat_names_attachments_and_bcc_recipients_from_the_envelope(tmp_path, mo
     assert row["ATTACHMENT_NAMES"] == "terms.pdf" and row["ATTACHMENT_COUNT"] == "1"
 
 
-def test_an_interrupted_export_resumes_without_redoing_finished_volumes(
-        home, tmp_path, monkeypatch, capsys):
+def fail_third_read(monkeypatch):
+    """Make the third message read fail as a lost disk would; return the real read."""
     real = Vault.read_message
     calls = []
 
@@ -271,6 +273,12 @@ def test_an_interrupted_export_resumes_without_redoing_finished_volumes(
         return real(self, key)
 
     monkeypatch.setattr(Vault, "read_message", failing_third_read)
+    return real
+
+
+def test_an_interrupted_export_resumes_without_redoing_finished_volumes(
+        home, tmp_path, monkeypatch, capsys):
+    real = fail_third_read(monkeypatch)
     with pytest.raises(OSError):
         export(home, tmp_path / "out")
     folder = only_export(tmp_path / "out")
@@ -314,3 +322,164 @@ def test_load_file_csv_cells_never_run_as_formulas():
     assert [spreadsheet_safe(v) for v in ("+1", "-1", "@SUM(A1)", "\tx", "\rx")] == [
         "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx"]
     assert spreadsheet_safe("Re: merger") == "Re: merger"
+
+
+@pytest.fixture
+def three(tmp_path, monkeypatch):
+    # The case's search finds three messages: two in VOL0001, one in VOL0002.
+    home = make_home(tmp_path, monkeypatch, config="[ediscovery]\nvolume_messages = 2\n")
+    actor = ["--home", str(home), "--actor", "comp@example.com"]
+    assert strongroom(["case", "create", "kestrel", "--custodian", "bob@example.com",
+                       "--custodian", "carol@example.com", *actor]) == 0
+    assert strongroom(["case", "add-search", "kestrel", "merger", "--query", "kestrel",
+                       *actor]) == 0
+    return home
+
+
+def finished_detail(home):
+    from vault.config import load
+    from vault.control import ControlDB
+
+    settings = load(home)
+    control = ControlDB(settings.path(settings.control.database))
+    (event,) = control.audit_events(action="export.finished")
+    return json.loads(event["detail"])
+
+
+def exported_subjects(folder, format):
+    """Return the subjects of the messages the export's files hold."""
+    from email import message_from_bytes
+
+    if format == "zip":
+        raw = []
+        for name in ("VOL0001.zip", "VOL0002.zip"):
+            with zipfile.ZipFile(folder / name) as volume:
+                raw += [volume.read(member) for member in volume.namelist()]
+        messages = [message_from_bytes(data) for data in raw]
+    elif format == "mbox":
+        messages = [m for name in ("VOL0001.mbox", "VOL0002.mbox")
+                    for m in mailbox.mbox(folder / name)]
+    else:
+        messages = [message_from_bytes(path.read_bytes())
+                    for path in (folder / "NATIVES").rglob("*.eml")]
+    return sorted(message["Subject"] for message in messages)
+
+
+@pytest.mark.parametrize("format", ["zip", "mbox", "dat"])
+def test_a_damaged_message_is_left_out_named_and_the_rest_exported(three, tmp_path,
+                                                                   capsys, format):
+    # One flipped byte in one message object failed the whole export with
+    # a traceback; the other messages are evidence all the same.
+    damaged = message_id(three, "Re: Merger timeline")
+    others = sorted([message_id(three, "Merger timeline"),
+                     message_id(three, "From line test")])
+    damage(three, f"messages/{damaged}")
+
+    assert export(three, tmp_path / "out", format) == 1
+    out = capsys.readouterr().out
+    assert "completed with 1 fault(s)" in out and damaged in out
+    folder = only_export(tmp_path / "out")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(item["id"] for item in manifest["items"]) == others
+    assert exported_subjects(folder, format) == ["From line test", "Merger timeline"]
+    (fault,) = manifest["faults"]
+    assert fault["id"] == damaged
+    assert fault["reason"].startswith("damaged: segment 0 ")
+    assert "Traceback" not in fault["reason"] and len(fault["reason"]) < 200
+    assert fault["receipts"][0].startswith("receipts/")
+    custody = json.loads((folder / "custody.json").read_text())
+    assert custody["counts"]["messages"] == 2 and custody["counts"]["faults"] == 1
+    assert finished_detail(three)["faults"] == 1
+
+    status, output = verify_export(folder)
+    assert status == 4, output
+    assert f"LEFT OUT {damaged}: damaged: segment 0 " in output
+    assert "2 items checked" in output and "1 message(s) left out" in output
+    assert "FAULT" not in output and "export intact\n" not in output
+
+
+def test_the_load_file_has_a_row_naming_the_message_left_out(three, tmp_path):
+    damaged = message_id(three, "Merger timeline")
+    damage(three, f"messages/{damaged}")
+    assert export(three, tmp_path / "out", "dat") == 1
+    folder = only_export(tmp_path / "out")
+    with open(folder / "loadfile.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["BEGDOC"] for row in rows] == ["SR00000001", "SR00000002", "SR00000003"]
+    (left_out,) = [row for row in rows if row["EXPORT_FAULT"]]
+    assert left_out["EXPORT_FAULT"].startswith(f"message {damaged}: damaged: ")
+    assert left_out["FILE_PATH"] == "" and left_out["SHA256"] == ""
+    assert left_out["RECEIPTS"].startswith("receipts/")
+    exported = [row for row in rows if not row["EXPORT_FAULT"]]
+    assert len(exported) == 2 and all((folder / row["FILE_PATH"]).is_file()
+                                      for row in exported)
+    dat = (folder / "loadfile.dat").read_bytes().decode("utf-8")
+    assert "EXPORT_FAULT" in dat.splitlines()[0] and f"message {damaged}: damaged" in dat
+
+
+@pytest.mark.parametrize(("how", "reason"), [("truncate", "damaged: "),
+                                             ("remove", "missing: ")])
+def test_a_truncated_or_missing_message_is_left_out_too(three, tmp_path, capsys, how,
+                                                       reason):
+    damaged = message_id(three, "From line test")
+    damage(three, f"messages/{damaged}", how)
+    assert export(three, tmp_path / "out") == 1
+    assert "completed with 1 fault(s)" in capsys.readouterr().out
+    folder = only_export(tmp_path / "out")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["items"]) == 2
+    assert [(f["id"], f["reason"][:len(reason)]) for f in manifest["faults"]] == [
+        (damaged, reason)]
+    assert verify_export(folder)[0] == 4
+
+
+def test_a_resumed_export_keeps_its_faults_once(three, tmp_path, monkeypatch, capsys):
+    # The fault is recorded in VOL0001, finished before the crash; the
+    # resumed run must neither lose it nor record it twice.
+    assert export(three, tmp_path / "clean") == 0
+    first = json.loads((only_export(tmp_path / "clean") / "manifest.json").read_text())
+    damaged = first["items"][0]["id"]
+    damage(three, f"messages/{damaged}")
+    capsys.readouterr()
+    real = fail_third_read(monkeypatch)
+    with pytest.raises(OSError):
+        export(three, tmp_path / "out")
+    job = int(capsys.readouterr().out.split("Export job ")[1].split()[0])
+    folder = only_export(tmp_path / "out")
+    assert (folder / "VOL0001.zip").exists() and not (folder / "VOL0002.zip").exists()
+
+    monkeypatch.setattr(Vault, "read_message", real)
+    assert strongroom(["export", "--resume", str(job), "--home", str(three),
+                       "--actor", "comp@example.com"]) == 1
+    assert "completed with 1 fault(s)" in capsys.readouterr().out
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [fault["id"] for fault in manifest["faults"]] == [damaged]
+    assert [item["id"] for item in manifest["items"]] == [
+        item["id"] for item in first["items"][1:]]
+    assert verify_export(folder)[0] == 4
+
+
+def test_an_older_control_database_gains_the_fault_count(tmp_path):
+    # Homes made before exports counted faults have an exports table
+    # without the column; CREATE TABLE IF NOT EXISTS would leave it so.
+    import sqlite3
+
+    from vault.control import ControlDB
+
+    path = tmp_path / "control.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE exports (id INTEGER PRIMARY KEY, case_id INTEGER NOT NULL,"
+            " search_id INTEGER NOT NULL, format TEXT NOT NULL, path TEXT NOT NULL,"
+            " state TEXT NOT NULL DEFAULT 'queued', total INTEGER NOT NULL DEFAULT 0,"
+            " done INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,"
+            " operator TEXT NOT NULL, created_at TEXT NOT NULL, finished_at TEXT,"
+            " error TEXT NOT NULL DEFAULT '')")
+        connection.execute("INSERT INTO exports (case_id, search_id, format, path, operator,"
+                           " created_at) VALUES (1, 1, 'zip', '/x', 'a@example.com', 'now')")
+    control = ControlDB(path)
+    control.create()
+    control.create()  # a second start finds the column there
+    with control.connect() as connection:
+        (row,) = connection.execute("SELECT state, faults FROM exports").fetchall()
+    assert tuple(row) == ("queued", 0)

@@ -186,7 +186,8 @@ CREATE TABLE IF NOT EXISTS exports (
     operator    TEXT NOT NULL,
     created_at  TEXT NOT NULL,
     finished_at TEXT,
-    error       TEXT NOT NULL DEFAULT ''
+    error       TEXT NOT NULL DEFAULT '',
+    faults      INTEGER NOT NULL DEFAULT 0
 );
 """
 # Shared mailboxes (web/accounts.py): a mailbox an administrator lets
@@ -264,6 +265,14 @@ class ControlDB:
         migrate_user_roles(self.path)
         with self.connect() as connection:
             connection.executescript(SCHEMA)
+            missing = missing_columns(connection)
+        if missing:
+            # Checked again under the write lock: two processes starting
+            # at once must not both add a column.
+            with self.connect(exclusive=True) as connection:
+                for table, column, definition in missing_columns(connection):
+                    connection.execute(
+                        f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     @contextlib.contextmanager
     def connect(self, *, exclusive: bool = False) -> Iterator[sqlite3.Connection]:
@@ -360,6 +369,26 @@ class ControlDB:
         connection.execute(
             "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
             (now().isoformat(), actor, action, target, json.dumps(detail, sort_keys=True)))
+
+
+# Columns added to a table after its first release: CREATE TABLE IF NOT
+# EXISTS leaves an older database's table as it was, so create() adds
+# them.  SQLite's ADD COLUMN needs a constant default for NOT NULL.
+ADDED_COLUMNS = (
+    ("exports", "faults", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """Return those of ADDED_COLUMNS that the database lacks."""
+    missing = []
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            missing.append((table, column, definition))
+    return missing
+
+
 _ROLE_CHECK = re.compile(r"(CHECK\s*\(\s*role\s+IN\s*\([^)]*)(\)\s*\))", re.IGNORECASE)
 
 

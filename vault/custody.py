@@ -2,9 +2,12 @@
 
 Every export folder ends with four control files::
 
-    manifest.json            every file (path, SHA-256, size) and every
+    manifest.json            every file (path, SHA-256, size), every
                              item (message id, where it is, SHA-256 of the
                              original bytes, size, receipt keys, custodians)
+                             and every fault: a message the archive could
+                             not read and left out (id, reason, receipt
+                             keys, custodians)
     custody.json             who exported what, when, from which catalogue
                              state, counts and totals, and the SHA-256 of
                              manifest.json
@@ -16,6 +19,10 @@ Editing the manifest changes its SHA-256, which the signed custody record
 names; editing the custody record breaks the signature.  A folder signed
 with some other key verifies only against that key: recipients should pin
 the archive's published fingerprint (``verify-export --fingerprint``).
+
+A folder can be intact and still incomplete: the faults the archive
+recorded are part of what it signed, and verification reports them apart
+from the faults it finds itself (``VerifyReport.left_out``).
 """
 
 from __future__ import annotations
@@ -110,17 +117,29 @@ def mbox_unquote(stored: bytes) -> bytes:
 
 @dataclasses.dataclass
 class VerifyReport:
-    """What checking an export folder found; each fault names its item."""
+    """What checking an export folder found; each fault names its item.
+
+    ``faults`` are what verification found wrong with the folder (missing,
+    extra, altered, badly signed).  ``left_out`` are the messages the
+    archive itself recorded, when it exported, that it could not read:
+    "id: reason", from the signed manifest.
+    """
 
     files: int = 0
     items: int = 0
     fingerprint: str = ""
     faults: list[str] = dataclasses.field(default_factory=list)
+    left_out: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def is_clean(self) -> bool:
         """Tell whether nothing was missing, extra, altered or badly signed."""
         return not self.faults
+
+    @property
+    def is_complete(self) -> bool:
+        """Tell whether the archive recorded no message as left out."""
+        return not self.left_out
 
 
 def verify_folder(folder: str | Path, *, fingerprint: str = "") -> VerifyReport:
@@ -137,7 +156,14 @@ def verify_folder(folder: str | Path, *, fingerprint: str = "") -> VerifyReport:
     except (OSError, ValueError) as err:
         report.faults.append(f"{MANIFEST}: cannot be read ({type(err).__name__})")
         return report
+    recorded = manifest.get("faults", [])
+    report.left_out = [f"{fault.get('id')}: {fault.get('reason')}" for fault in recorded
+                       if isinstance(fault, dict)]
     if custody is not None:
+        counted = custody.get("counts", {}).get("faults", 0)
+        if counted != len(recorded):
+            report.faults.append(f"{MANIFEST}: names {len(recorded)} message(s) left out; "
+                                 f"the custody record counts {counted}")
         if custody.get("manifest_sha256") != hashlib.sha256(manifest_bytes).hexdigest():
             report.faults.append(f"{MANIFEST}: edited (its SHA-256 is not the one the "
                                  "signed custody record names)")

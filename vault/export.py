@@ -14,6 +14,13 @@ it is written.  Memory holds one item, one message and (on S3) one upload
 part at a time, whatever the export's size; the work folder is always
 local.
 
+A message whose stored object is damaged or missing does not stop the
+export: it is left out, and its id and the reason go into its volume's
+record and from there into the manifest's ``faults`` (and a load-file
+row), the custody record's counts, the job row and the audit trail.  The
+job then ends "completed with N fault(s)".  Being in the volume record,
+a fault is kept by a resume and never recorded twice.
+
 Layout of a finished export folder (see ``vault.custody`` for the control
 files)::
 
@@ -59,6 +66,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("zip", "mbox", "dat")
 CUSTODY_FORMAT = 1
 WORK = ".work"
+# How many of the messages left out a finished job names in its result
+# (the command line prints them); the manifest names every one.
+FAULTS_SHOWN = 5
 Progress = Callable[[int, int], Callable[[int], None]]
 
 
@@ -75,6 +85,9 @@ class ExportResult:
     messages: int
     bytes: int
     fingerprint: str
+    faults: int = 0
+    left_out: tuple[tuple[str, str], ...] = ()
+    """The first FAULTS_SHOWN messages left out: (id, reason)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +352,7 @@ class Exporter:
         written = {n for n in range(1, volumes + 1)
                    if (work / volume_name(n, "jsonl")).is_file()}
         done = min(total, len(written) * self.volume_messages)
+        faults = sum(1 for _ in _records(sorted(work.glob("VOL*.jsonl")), "fault"))
         tick = progress(total, done) if progress else (lambda count: None)
         writer = WRITERS[row["format"]](self.vault)
         location.abandon_partial()
@@ -349,7 +363,8 @@ class Exporter:
                 note = _VolumeRecord(handle)
                 writer.write(location, number, items, tick, note)
             done += note.items
-            self._set(job, done=done)
+            faults += note.faults
+            self._set(job, done=done, faults=faults)
         return self._finish(job, location, work, record, writer, actor)
 
     def _volumes(self, work: Path, skip: set[int]
@@ -370,18 +385,19 @@ class Exporter:
     def _finish(self, job: int, location: ExportLocation, work: Path,
                 record: dict[str, Any], writer: Writer, actor: Principal) -> ExportResult:
         volume_files = sorted(work.glob("VOL*.jsonl"))
-        spanning = writer.finish(location, _records(volume_files))
+        spanning = writer.finish(location, _records(volume_files, "item", "fault"))
         with location.create(MANIFEST) as handle:
-            messages, message_bytes, files, file_bytes = _write_manifest(
-                handle, volume_files, spanning, job)
+            totals = _write_manifest(handle, volume_files, spanning, job)
         manifest = handle.written()
+        messages, message_bytes = totals.messages, totals.message_bytes
         key = signing_key(self.key_path)
         public = key.public_key()
         custody = {
             **record, "format_version": CUSTODY_FORMAT, "export_format": record["format"],
             "finished_at": now().isoformat(), "finished_by": actor.address,
-            "counts": {"messages": messages, "files": files, "volumes": len(volume_files)},
-            "totals": {"message_bytes": message_bytes, "file_bytes": file_bytes},
+            "counts": {"messages": messages, "files": totals.files,
+                       "volumes": len(volume_files), "faults": totals.faults},
+            "totals": {"message_bytes": message_bytes, "file_bytes": totals.file_bytes},
             "manifest_sha256": manifest.sha256,
             "signing_key": {"algorithm": "Ed25519", "fingerprint": fingerprint(public),
                             "public_key": PUBLIC_KEY},
@@ -395,15 +411,21 @@ class Exporter:
         shutil.rmtree(work)
         _remove_empty_parent(work.parent)
         self._set(job, state="done", done=messages, bytes=message_bytes,
-                  finished_at=custody["finished_at"])
+                  faults=totals.faults, finished_at=custody["finished_at"])
         self.control.audit(actor.address, "export.finished", record["case"]["name"],
                            job=job, search=record["search"]["name"], messages=messages,
-                           bytes=message_bytes, files=files,
+                           bytes=message_bytes, files=totals.files, faults=totals.faults,
                            manifest_sha256=custody["manifest_sha256"],
                            fingerprint=fingerprint(public))
         log.info("export job %d: %d messages, %d bytes in %s", job, messages,
                  message_bytes, location.uri, extra={"event": "export.finished"})
-        return ExportResult(job, location.uri, messages, message_bytes, fingerprint(public))
+        if totals.faults:
+            log.error("export job %d: %d message(s) could not be read and are left out "
+                      "(named in %s): %s", job, totals.faults, MANIFEST,
+                      ", ".join(message for message, _ in totals.left_out),
+                      extra={"event": "export.faults"})
+        return ExportResult(job, location.uri, messages, message_bytes, fingerprint(public),
+                            totals.faults, tuple(totals.left_out))
 
     def _set(self, job: int, **values: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in values)
@@ -413,51 +435,87 @@ class Exporter:
 
 
 class _VolumeRecord:
-    """A volume's record: one JSON line per item (entry, load-file row)
-    and per file (path, SHA-256, size), written as the volume is."""
+    """A volume's record: one JSON line per item (entry, load-file row),
+    per message left out (fault entry, load-file row) and per file (path,
+    SHA-256, size), written as the volume is.  ``items`` counts both kinds
+    of message: every one the volume has dealt with."""
 
     def __init__(self, handle: IO[str]) -> None:
         self.handle = handle
         self.items = 0
+        self.faults = 0
 
     def item(self, entry: dict[str, Any], row: list[str] | None = None) -> None:
         self.handle.write(json.dumps({"item": entry, "row": row}, sort_keys=True) + "\n")
         self.items += 1
 
+    def fault(self, entry: dict[str, Any], row: list[str] | None = None) -> None:
+        self.handle.write(json.dumps({"fault": entry, "row": row}, sort_keys=True) + "\n")
+        self.items += 1
+        self.faults += 1
+
     def file(self, written: WrittenFile) -> None:
         self.handle.write(json.dumps({"file": written.entry()}, sort_keys=True) + "\n")
 
 
+@dataclasses.dataclass
+class _ManifestTotals:
+    """What the manifest lists: counts, byte totals, the first faults."""
+
+    messages: int = 0
+    message_bytes: int = 0
+    files: int = 0
+    file_bytes: int = 0
+    faults: int = 0
+    left_out: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
 def _write_manifest(handle: HashingFile, volume_files: list[Path],
-                    spanning: list[WrittenFile], job: int) -> tuple[int, int, int, int]:
-    """Stream manifest.json from the volume records; return counts and totals."""
-    messages = message_bytes = files = file_bytes = 0
+                    spanning: list[WrittenFile], job: int) -> _ManifestTotals:
+    """Stream manifest.json from the volume records; return counts and totals.
+
+    ``faults`` is always present, empty when every message was exported,
+    so that a reader can tell "none left out" from an older manifest.
+    """
+    totals = _ManifestTotals()
     handle.write(b'{"format": 1, "job": %d, "items": [' % job)
     for line in _records(volume_files):
         entry = line["item"]
-        handle.write((("\n" if not messages else ",\n")
-                      + json.dumps(entry, sort_keys=True)).encode("utf-8"))
-        messages += 1
-        message_bytes += entry["size"]
+        _write_entry(handle, entry, totals.messages)
+        totals.messages += 1
+        totals.message_bytes += entry["size"]
     handle.write(b'\n], "files": [')
     listed = itertools.chain(_records(volume_files, "file"),
                              ({"file": written.entry()} for written in spanning))
     for line in listed:
-        handle.write((("\n" if not files else ",\n")
-                      + json.dumps(line["file"], sort_keys=True)).encode("utf-8"))
-        files += 1
-        file_bytes += line["file"]["size"]
+        _write_entry(handle, line["file"], totals.files)
+        totals.files += 1
+        totals.file_bytes += line["file"]["size"]
+    handle.write(b'\n], "faults": [')
+    for line in _records(volume_files, "fault"):
+        _write_entry(handle, line["fault"], totals.faults)
+        totals.faults += 1
+        if len(totals.left_out) < FAULTS_SHOWN:
+            totals.left_out.append((line["fault"]["id"], line["fault"]["reason"]))
     handle.write(b"\n]}\n")
-    return messages, message_bytes, files, file_bytes
+    return totals
 
 
-def _records(volume_files: list[Path], kind: str = "item") -> Iterator[dict[str, Any]]:
-    """Yield the item (or file) records of every volume, in order, one at a time."""
+def _write_entry(handle: HashingFile, entry: dict[str, Any], before: int) -> None:
+    """Write one entry of a manifest list, after ``before`` others."""
+    handle.write((("\n" if not before else ",\n")
+                  + json.dumps(entry, sort_keys=True)).encode("utf-8"))
+
+
+def _records(volume_files: list[Path], *kinds: str) -> Iterator[dict[str, Any]]:
+    """Yield the records of every volume of the given kinds ("item" if
+    none given; "file", "fault"), in order, one at a time."""
+    wanted = kinds or ("item",)
     for path in volume_files:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 parsed = json.loads(line)
-                if kind in parsed:
+                if any(kind in parsed for kind in wanted):
                     yield parsed
 
 

@@ -16,6 +16,12 @@ accumulates in memory:
   volume is written, ``loadfile.dat`` (Concordance: UTF-8 with a BOM, fields
   in þ separated by DC4, newlines inside a field as ®) and the same rows in
   ``loadfile.csv``.
+
+A message the archive cannot read (its object damaged or gone) is a
+*fault*, not the end of the export: the writer leaves it out, reports it
+to the ``Record`` with a short reason, and goes on with the next.  The
+load file keeps a row for it with no file and the reason in
+``EXPORT_FAULT``, so that the review platform shows the gap.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import datetime as dt
 import email.utils
 import hashlib
 import io
+import logging
 import os
 import re
 import zipfile
@@ -36,18 +43,25 @@ from email.policy import compat32
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from vault import VaultError
+from vault import IntegrityError, MissingObjectError, VaultError
 from vault.export_locations import ExportLocation, WrittenFile
 from vault.ingest import MESSAGES, Vault
+
+log = logging.getLogger(__name__)
 
 # Concordance's defaults: fields separated by DC4 (shown as ¶), each
 # quoted in þ, and newlines inside a field written as ®.
 DAT_DELIMITER, DAT_QUOTE, DAT_NEWLINE = "\x14", "\u00fe", "\u00ae"
 LOADFILE_FIELDS = ("BEGDOC", "CUSTODIAN", "ALL_CUSTODIANS", "FROM", "TO", "CC", "BCC",
                    "DATE_SENT", "SUBJECT", "MESSAGE_ID", "ATTACHMENT_NAMES",
-                   "ATTACHMENT_COUNT", "FILE_PATH", "SHA256", "RECEIPTS")
+                   "ATTACHMENT_COUNT", "FILE_PATH", "SHA256", "RECEIPTS",
+                   "EXPORT_FAULT")
+# A fault's reason is the integrity error's own words, cut to this: enough
+# to tell a flipped byte from a truncation, never a stack trace.
+FAULT_REASON_CHARS = 160
 _MBOX_FROM = re.compile(rb"^(>*From )", re.MULTILINE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
+
 
 class Record(Protocol):
     """Where a writer reports what it wrote (the volume's record)."""
@@ -57,6 +71,9 @@ class Record(Protocol):
 
     def file(self, written: WrittenFile) -> None:
         """Note one file of the export, with its SHA-256 and size."""
+
+    def fault(self, entry: dict[str, Any], row: list[str] | None = None) -> None:
+        """Note one message left out (id, reason, receipts, custodians)."""
 
 
 class Writer:
@@ -77,13 +94,47 @@ class Writer:
         """Write files that span volumes (load files); nothing by default."""
         return []
 
-    def read(self, item: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-        """Return a message's bytes and its manifest entry (without where)."""
-        raw = self.vault.read_message(f"{MESSAGES}/{item['message_id']}")
+    def readable(self, items: Iterable[dict[str, Any]], tick: Callable[[int], None],
+                 record: Record) -> Iterator[tuple[dict[str, Any], bytes, dict[str, Any]]]:
+        """Yield each item that can be read, its bytes and its manifest entry.
+
+        Every item is ticked; one that cannot be read is a fault (``read``).
+        """
+        for item in items:
+            read = self.read(item, record)
+            tick(1)
+            if read is not None:
+                yield item, *read
+
+    def read(self, item: dict[str, Any], record: Record
+             ) -> tuple[bytes, dict[str, Any]] | None:
+        """Return a message's bytes and its manifest entry (without where).
+
+        A message whose object is damaged or missing is reported to
+        ``record`` as a fault and None returned.  Any other error (a store
+        that cannot be reached, a full disk) is raised: the job fails, and
+        a resume tries the volume again.
+        """
+        key = f"{MESSAGES}/{item['message_id']}"
+        try:
+            raw = self.vault.read_message(key)
+        except (IntegrityError, MissingObjectError) as err:
+            reason = fault_reason(key, err)
+            log.warning("%s: cannot be read, left out of the export: %s", key, reason,
+                        extra={"event": "export.message_unreadable"})
+            entry = {"id": item["message_id"], "reason": reason,
+                     "receipts": list(item["receipts"]),
+                     "custodians": list(item["custodians"])}
+            record.fault(entry, self.fault_row(item, entry))
+            return None
         entry = {"id": item["message_id"], "sha256": hashlib.sha256(raw).hexdigest(),
                  "size": len(raw), "receipts": list(item["receipts"]),
                  "custodians": list(item["custodians"])}
         return raw, entry
+
+    def fault_row(self, item: dict[str, Any], fault: dict[str, Any]) -> list[str] | None:
+        """Return the load-file row of a message left out; None without a load file."""
+        return None
 
 
 class _ZipWriter(Writer):
@@ -94,13 +145,11 @@ class _ZipWriter(Writer):
         name = volume_name(number, "zip")
         with location.create(name) as handle:
             with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for item in items:
-                    raw, entry = self.read(item)
+                for item, raw, entry in self.readable(items, tick, record):
                     entry.update(path=name, entry=f"{_custodian_folder(item)}/"
                                                   f"{item['message_id']}.eml")
                     archive.writestr(zipfile.ZipInfo(entry["entry"], _zip_time(item)), raw)
                     record.item(entry)
-                    tick(1)
         record.file(handle.written())
 
 
@@ -110,10 +159,10 @@ class _MboxWriter(Writer):
     def write(self, location: ExportLocation, number: int, items: Iterable[dict[str, Any]],
               tick: Callable[[int], None], record: Record) -> None:
         name = volume_name(number, "mbox")
-        offset = 0
+        offset = ordinal = 0
         with location.create(name) as handle:
-            for ordinal, item in enumerate(items, start=1):
-                raw, entry = self.read(item)
+            for item, raw, entry in self.readable(items, tick, record):
+                ordinal += 1
                 separator = _from_line(raw)
                 stored = _MBOX_FROM.sub(rb">\1", raw)
                 handle.write(separator)
@@ -125,7 +174,6 @@ class _MboxWriter(Writer):
                 handle.write(ending)
                 offset += len(stored) + len(ending)
                 record.item(entry)
-                tick(1)
         record.file(handle.written())
 
 
@@ -136,13 +184,11 @@ class _DatWriter(Writer):
               tick: Callable[[int], None], record: Record) -> None:
         volume = f"NATIVES/{volume_name(number, '')}".rstrip(".")
         with location.natives(volume) as put:
-            for item in items:
-                raw, entry = self.read(item)
+            for item, raw, entry in self.readable(items, tick, record):
                 written = put(f"{_custodian_folder(item)}/{item['message_id']}.eml", raw)
                 entry.update(path=written.path, entry="")
                 record.item(entry, self._row(raw, item, entry))
                 record.file(written)
-                tick(1)
 
     def _row(self, raw: bytes, item: dict[str, Any], entry: dict[str, Any]) -> list[str]:
         message = BytesParser(policy=compat32).parsebytes(raw)
@@ -159,8 +205,18 @@ class _DatWriter(Writer):
             _date_sent(message), _header(message, "Subject"),
             _header(message, "Message-ID"), "; ".join(attachments),
             str(len(attachments)), entry["path"], entry["sha256"],
-            "; ".join(item["receipts"]),
+            "; ".join(item["receipts"]), "",
         ]
+
+    def fault_row(self, item: dict[str, Any], fault: dict[str, Any]) -> list[str] | None:
+        # What the search knew of the message: its owners and receipts.
+        # Its headers are inside the object that could not be read.
+        custodians = list(item["custodians"])
+        row = [""] * len(LOADFILE_FIELDS)
+        row[1:3] = [custodians[0] if custodians else "", "; ".join(custodians)]
+        row[-2:] = ["; ".join(item["receipts"]),
+                    f"message {fault['id']}: {fault['reason']}"]
+        return row
 
     def _envelope_recipients(self, item: dict[str, Any]) -> set[str]:
         # Bcc recipients appear in no header: the journal report and the
@@ -248,6 +304,14 @@ def fsync_directory(directory: Path) -> None:
 
 def volume_name(number: int, suffix: str) -> str:
     return f"VOL{number:04d}.{suffix}"
+
+
+def fault_reason(key: str, err: VaultError) -> str:
+    """Return why ``key`` could not be read, in a few words."""
+    if isinstance(err, MissingObjectError):
+        return "missing: no object is stored under its key"
+    detail = str(err).removeprefix(f"{key}: ")
+    return f"damaged: {detail}"[:FAULT_REASON_CHARS]
 
 
 def _custodian_folder(item: dict[str, Any]) -> str:

@@ -22,6 +22,14 @@ from vault.roles import CAPABILITIES, ROLES, Principal, load_principal
 # verify-export's exit status when the folder is intact but its signer was
 # not compared with a published fingerprint (--require-fingerprint).
 UNPINNED = 3
+# verify-export's exit status when the folder is intact, exactly as the
+# archive signed it, but the archive recorded messages it could not read
+# and left out.  Not 1, which says "do not trust this folder": here the
+# folder is sound and the gap is documented.  Not 0: nothing may take the
+# export for complete.
+INCOMPLETE = 4
+# export's exit status when the export finished but left messages out.
+EXPORT_FAULTS = 1
 
 
 def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -92,14 +100,19 @@ def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser])
     sub = commands.add_parser(
         "verify-export", help="check an export folder against its manifest and signature",
         description="check an export folder against its manifest and signature; "
-                    "needs nothing but the folder")
+                    "needs nothing but the folder",
+        epilog="exit status: 0 intact and complete; 1 the folder is not what was "
+               "signed (a file missing, extra or altered, or a bad signature); "
+               f"{UNPINNED} with --require-fingerprint and no --fingerprint; "
+               f"{INCOMPLETE} intact, but the archive recorded messages it could not "
+               "read and left out (listed as LEFT OUT)")
     sub.set_defaults(command=verify_export, home=None)
     sub.add_argument("path")
     sub.add_argument("--fingerprint", default="",
                      help="the archive's published export-key fingerprint, to pin")
     sub.add_argument("--require-fingerprint", action="store_true",
-                     help=f"exit {UNPINNED} rather than 0 when no --fingerprint was "
-                          "given (the signer was not checked)")
+                     help=f"exit {UNPINNED} when no --fingerprint was given (the "
+                          "signer was not checked)")
 
 
 def _acting(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -291,7 +304,16 @@ def export(arguments: argparse.Namespace) -> int:
     result = exporter.run(job, actor, progress=_progress)
     print(f"Exported {result.messages} messages ({result.bytes} bytes) to {result.path}")
     print(f"Export key fingerprint: {result.fingerprint}")
-    return 0
+    if not result.faults:
+        return 0
+    print(f"Export job {result.job} completed with {result.faults} fault(s): message(s) "
+          "that could not be read are left out, each named with its reason in "
+          "manifest.json (run `strongroom verify`):")
+    for message, reason in result.left_out:
+        print(f"  {message}: {reason}")
+    if result.faults > len(result.left_out):
+        print(f"  ... and {result.faults - len(result.left_out)} more")
+    return EXPORT_FAULTS
 
 
 def _fetch(exporter: Any, cases: Any, actor: Principal, arguments: argparse.Namespace
@@ -322,16 +344,25 @@ def verify_export(arguments: argparse.Namespace) -> int:
     Without --fingerprint the signature proves only that the folder is
     consistent with the key inside it, which whoever edited the folder
     could have replaced: say so, and with --require-fingerprint exit
-    UNPINNED.
+    UNPINNED.  An intact folder whose manifest records messages left out
+    exits INCOMPLETE, naming each.
     """
     from vault.custody import verify_folder
 
     report = verify_folder(arguments.path, fingerprint=arguments.fingerprint)
     for fault in report.faults:
         print(f"FAULT {fault}")
+    for left_out in report.left_out:
+        print(f"LEFT OUT {left_out}")
+    if not report.is_clean:
+        verdict = f"{len(report.faults)} fault(s)"
+    elif not report.is_complete:
+        verdict = (f"export intact as signed, but incomplete: {len(report.left_out)} "
+                   "message(s) left out by the archive, which could not read them")
+    else:
+        verdict = "export intact"
     print(f"{report.files} files, {report.items} items checked; signed by key "
-          f"{report.fingerprint or '?'}: "
-          + ("export intact" if report.is_clean else f"{len(report.faults)} fault(s)"))
+          f"{report.fingerprint or '?'}: {verdict}")
     if not report.is_clean:
         return 1
     if not arguments.fingerprint:
@@ -340,8 +371,9 @@ def verify_export(arguments: argparse.Namespace) -> int:
               "the archive's published export-key fingerprint (its operator prints it "
               "with 'strongroom export-key') from a channel you trust, not from this "
               "folder, and run again with --fingerprint FINGERPRINT.", file=sys.stderr)
-        return UNPINNED if arguments.require_fingerprint else 0
-    return 0
+        if arguments.require_fingerprint:
+            return UNPINNED
+    return 0 if report.is_complete else INCOMPLETE
 
 
 def export_key(arguments: argparse.Namespace) -> int:
