@@ -48,6 +48,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -453,19 +454,40 @@ def searchable(text: str) -> str:
     return unicodedata.normalize("NFKC", text.translate(_INVISIBLE)).casefold()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """Return ``text`` with lone surrogates replaced by U+FFFD.
+
+    Bytes that decode as nothing are kept as lone surrogates by Python's
+    "surrogateescape" (an 8-bit envelope address in an older receipt, say);
+    no engine takes them, and tantivy refused the whole batch for one.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
 def normalise(document: dict) -> dict:
     """Return ``document`` with every field in its neutral form."""
-    normal = dict(document)
+    normal = {name: valid_text(value) if isinstance(value, str) else value
+              for name, value in document.items()}
     normal["date"] = utc(document.get("date"))
-    normal["owners"] = sorted({owner.lower() for owner in document.get("owners", ())})
+    normal["owners"] = sorted({valid_text(owner).lower()
+                               for owner in document.get("owners", ())})
     for name in (*SEARCH_FIELDS, "bcc", "filename", "message_id", "preview",
                  "sender_address"):
-        normal[name] = str(document.get(name) or "")
+        normal[name] = valid_text(str(normal.get(name) or ""))
     normal["sender_address"] = normal["sender_address"].lower()
     normal["size"] = int(document.get("size") or 0)
     normal["has_attachment"] = bool(document.get("has_attachment"))
     normal["receipts"] = list(document.get("receipts", ()))
-    normal["defects"] = list(document.get("defects", ()))
+    normal["defects"] = [valid_text(str(defect)) for defect in document.get("defects", ())]
     return normal
 
 

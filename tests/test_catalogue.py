@@ -299,3 +299,20 @@ def test_unicode_spellings_of_a_word_and_invisible_characters_do_not_hide_it(
     # What is shown is what was written.
     (hit,) = catalogue.search("invoice", owners=BOB).hits
     assert hit.subject == "hidden\u2060words"
+
+
+def test_an_undecodable_envelope_address_neither_stops_indexing_nor_is_lost(vault, catalogue,
+                                                                            follower):
+    # Receipts written before the receiver refused such addresses keep the
+    # bytes that are not UTF-8 as lone surrogates; tantivy refused the
+    # whole batch for one, and every batch after it.
+    deliver(vault, "B16.eml", "b\udcffob@example.com", "bob@example.com",
+            sender="j\udcfcrgen@example.net")
+    deliver(vault, "B22.eml", "bob@example.com")
+    assert follower.catch_up() == 2
+    assert catalogue.count() == 2
+    [hit] = catalogue.search("AVOCET", owners=BOB).hits
+    document = catalogue.document(hit.id)
+    assert "j\ufffdrgen@example.net" in document["from"]
+    assert "b\ufffdob@example.com" in document["owners"]
+    assert catalogue.search("from:rgen", owners=BOB).total == 1

@@ -67,6 +67,27 @@ def test_result_shows_the_from_header_and_the_message_page_the_envelope(app):
     assert "bob@example.com" not in details
 
 
+def test_an_envelope_sender_that_was_not_utf8_shows_as_a_replacement_character(home):
+    # Receipts written before the receiver refused such addresses hold the
+    # byte as a lone surrogate; the message page could not be encoded (500).
+    settings = load(home)
+    vault = open_vault(settings)
+    catalogue = Catalogue(settings.path(settings.catalogue.path))
+    raw = message("Jurgen <jurgen@elsewhere.net>", "bob@example.com", "Eight bits",
+                  "osprey text")
+    vault.archive(raw, Envelope("j\udcfcrgen@elsewhere.net", ("bob@example.com",)))
+    Follower(vault, catalogue).catch_up()
+    app = create_app(settings, vault=vault, catalogue=catalogue)
+    app.config["TESTING"] = True
+    bob = signed_in(app, "bob@example.com")
+    page = bob.get("/search?q=osprey").get_data(as_text=True)
+    message_id = re.search(r'href="/messages/([0-9a-f]{64})"', page).group(1)
+    view = bob.get(f"/messages/{message_id}")
+    assert view.status_code == 200
+    assert "<dt>Envelope sender</dt><dd>j\ufffdrgen@elsewhere.net</dd>" in view.get_data(
+        as_text=True)
+
+
 def test_errors_alert_and_successes_are_a_status(app):
     client = app.test_client()
     token = re.search(r'name="csrf_token" value="([^"]+)"',

@@ -240,6 +240,31 @@ def test_addresses_with_control_characters_get_501_and_nothing_is_stored(vault, 
     assert receipt.rcpt_tos == ("bob@example.com",)
 
 
+def test_addresses_that_are_not_utf8_get_501_and_nothing_is_stored(vault, receiver):
+    # An 8-bit Latin-1 address took a 250, and then no engine would index
+    # it: tantivy refused the batch, and every message after it, for good.
+    server = receiver()
+
+    def command(client, line: bytes):
+        client.send(line + b"\r\n")
+        return client.reply()
+
+    with RawSMTP(server.port) as client:
+        assert command(client, b"EHLO client.example.com")[0] == 250
+        assert command(client, b"MAIL FROM:<j\xfcrgen\xff@example.net>") == (
+            501, "501 5.1.3 Bad sender address: not ASCII or UTF-8")
+        assert command(client, b"MAIL FROM:<alice@example.com>")[0] == 250
+        assert command(client, b"RCPT TO:<b\xffob@example.com>")[0] == 501
+        assert command(client, b"RCPT TO:<bob@example.com>")[0] == 250
+        assert command(client, b"DATA")[0] == 354
+        client.send(b"Subject: eight bits\r\n\r\nbody\r\n.\r\n")
+        assert client.reply()[0] == 250
+        # UTF-8 addresses (RFC 6531) are still taken.
+        assert command(client, "MAIL FROM:<jürgen@example.net> SMTPUTF8".encode())[0] == 250
+    [(receipt, _)] = stored_messages(vault)
+    assert (receipt.mail_from, receipt.rcpt_tos) == ("alice@example.com", ("bob@example.com",))
+
+
 def test_ehlo_announces_size_8bitmime_and_smtputf8_and_no_auth_in_clear(receiver):
     server = receiver(max_size=1 << 20)
     with smtplib.SMTP("127.0.0.1", server.port) as client:

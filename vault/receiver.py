@@ -42,6 +42,10 @@ ERR_452_RECIPIENTS = "452 4.5.3 Too many recipients"
 # RFC 5321 section 4.1.2: no control characters anywhere in a path; a NUL
 # in an address would also reach the log and every receipt as it came.
 ERR_501_CONTROLS = "501 5.1.3 Bad {what} address: control characters are not allowed"
+# Command lines are decoded keeping undecodable bytes as lone surrogates;
+# an address with one is not UTF-8 (RFC 6531 allows UTF-8 only), could not
+# be written to a receipt faithfully, and stopped the catalogue's engine.
+ERR_501_NOT_UTF8 = "501 5.1.3 Bad {what} address: not ASCII or UTF-8"
 ERR_530_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 ERR_530_AUTH = ("530 5.7.0 Authentication required: client host {peer} must "
                 "start TLS and authenticate as a journal sender")
@@ -90,6 +94,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _has_controls(address: str) -> bool:
     return _CONTROL.search(address) is not None
+
+
+def _is_not_utf8(address: str) -> bool:
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def unstuff_bare_lf_lines(content: bytes) -> bytes:
@@ -215,6 +227,8 @@ class JournalHandler:
             return refused
         if _has_controls(address):
             return ERR_501_CONTROLS.format(what="sender")
+        if _is_not_utf8(address):
+            return ERR_501_NOT_UTF8.format(what="sender")
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -227,6 +241,8 @@ class JournalHandler:
             return ERR_452_RECIPIENTS
         if _has_controls(address):
             return ERR_501_CONTROLS.format(what="recipient")
+        if _is_not_utf8(address):
+            return ERR_501_NOT_UTF8.format(what="recipient")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"

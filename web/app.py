@@ -11,9 +11,10 @@ from pathlib import Path
 from flask import Flask, jsonify, render_template, request
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from indexer.catalogue import Catalogue, open_catalogue
+from indexer.catalogue import Catalogue, open_catalogue, valid_text
 from vault.config import Settings
 from vault.control import ControlDB
 from vault.ingest import Vault, open_vault
@@ -52,6 +53,10 @@ def create_app(settings: Settings, *, vault: Vault | None = None,
 
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.portal.trusted_proxies)
+    # A value shown on a page may hold lone surrogates (bytes that were not
+    # UTF-8 in an older receipt's envelope); the page could not be encoded
+    # and answered 500.  They show as U+FFFD instead, Markup kept as such.
+    app.jinja_env.finalize = _displayable
     control = ControlDB(settings.path(settings.control.database))
     vault = vault or open_vault(settings)
     catalogue = catalogue or open_catalogue(settings)
@@ -174,3 +179,11 @@ def _register_errors(app: Flask) -> None:
         if wants_json():
             return jsonify(error="internal_error", message=message), 500
         return render_template("error.html", code=500, message=message), 500
+
+
+def _displayable(value: object) -> object:
+    if isinstance(value, str) and not value.isascii():
+        text = valid_text(value)
+        if text is not value:
+            return Markup(text) if isinstance(value, Markup) else text
+    return value
