@@ -237,16 +237,26 @@ class Catalogue:
 
     def _open_current(self) -> None:
         name = _read_current(self.path)
-        if not name or not name.startswith(self.engine_name + "-"):
-            # No index yet, or one built by another engine: start a new
-            # generation, which the follower fills from the first receipt.
-            if name:
-                log.warning("catalogue %s is a %s index; starting a new %s index",
-                            self.path, name.split("-")[0], self.engine_name,
-                            extra={"event": "catalogue.engine_changed"})
+        if not name:
+            # No index yet: a new generation, which the follower fills.
             name = self.new_generation().name
             swap_current(self.path, name)
-        self._engine = open_engine(self.engine_name, self.path / name)
+        # The current generation is opened with the engine that built it
+        # (its name's first word).  Taking the configured engine's word
+        # instead made any process started with another engine in its
+        # config (a read-only `status` among them) swap in a new, empty
+        # index: search found nothing, and a hold placed then held nothing.
+        # Changing engines is a `reindex`, which swaps when the new is full.
+        built_by = name.split("-")[0]
+        if built_by not in ENGINES:
+            raise IndexerError(f"catalogue {self.path}: current generation {name!r} "
+                               "names no known engine")
+        if built_by != self.engine_name:
+            log.warning("catalogue %s is a %s index, the config names %s: searching the %s "
+                        "index until `strongroom reindex` builds a %s one", self.path,
+                        built_by, self.engine_name, built_by, self.engine_name,
+                        extra={"event": "catalogue.engine_differs"})
+        self._engine = open_engine(built_by, self.path / name)
         self._generation = name
 
     def _engine_now(self) -> Engine:

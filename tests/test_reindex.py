@@ -177,3 +177,25 @@ def test_reindex_names_what_it_could_not_read_and_exits_1(tmp_path, capsys):
     assert "Reindexed 3 receipts into 1 documents" in out
     assert "2 object(s) could not be read and are not in the catalogue" in out
     assert receipts[0].message_key in out and receipts[1].key in out
+
+
+def test_another_engine_in_the_config_searches_the_current_index_until_reindex(
+        vault, tmp_path, caplog):
+    # A process started with the other engine in its config (a `status`
+    # run after the config was edited) swapped in a new, empty index.
+    path = tmp_path / "catalogue"
+    tantivy = Catalogue(path, "tantivy")
+    deliver(vault, 5)
+    Follower(vault, tantivy).catch_up()
+    built = tantivy.generation
+
+    whoosh = Catalogue(path, "whoosh")
+    assert whoosh.generation == built
+    assert whoosh.search("wren0003", owners=BOB).total == 1
+    assert "the config names whoosh" in caplog.text
+    assert tantivy.search("quarterly", owners=BOB).total == 5
+
+    reindex(vault, whoosh)
+    assert whoosh.generation.name.startswith("whoosh-")
+    assert tantivy.generation == whoosh.generation
+    assert tantivy.search("wren0003", owners=BOB).total == 1
