@@ -181,6 +181,8 @@ class Engine(Protocol):
 
     def settle(self) -> None: ...
 
+    def stop_waiting(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -408,6 +410,17 @@ class Catalogue:
             engine = self._engine
         if engine is not None:
             engine.settle()
+
+    def stop_waiting(self) -> None:
+        """Make a batch that waits for another process's lock give up now.
+
+        For a service stopping: its follower's batch would otherwise wait
+        out WRITER_WAIT_SECONDS before the process could end.
+        """
+        with self._lock:
+            engine = self._engine
+        if engine is not None:
+            engine.stop_waiting()
 
     def close(self) -> None:
         """Release the engine's files."""

@@ -146,3 +146,40 @@ def test_records_stored_as_json_alone_still_read(tmp_path, monkeypatch):
     old, new = catalogue.document("m0001"), catalogue.document("m0002")
     assert old["preview"] == new["preview"] == PREVIEW
     assert {**old, "id": ""} == {**new, "id": ""}
+
+
+@pytest.mark.parametrize("engine", ["tantivy", "whoosh"])
+def test_a_stopping_service_stops_waiting_for_another_writer(tmp_path, engine, monkeypatch):
+    # serve's follower waited out the whole 60 s for a writer that `purge`
+    # or another process held before serve could end.
+    monkeypatch.setattr(tantivy_engine, "WRITER_IDLE_SECONDS", 60)
+    holder = Catalogue(tmp_path / "catalogue", engine)
+    follower = Catalogue(tmp_path / "catalogue", engine)
+    if engine == "tantivy":
+        add(holder, 1)                      # kept: holds the lock
+        held = None
+    else:
+        from whoosh import index
+
+        held = index.open_dir(str(holder.generation)).writer()
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            add(follower, 2)
+        except Exception as err:
+            outcome.append(err)
+
+    writing = threading.Thread(target=write)
+    writing.start()
+    time.sleep(0.5)
+    assert writing.is_alive()
+    stopped = time.monotonic()
+    follower.stop_waiting()
+    writing.join(timeout=5)
+    assert time.monotonic() - stopped < 1.0
+    [error] = outcome
+    assert isinstance(error, IndexerError) and "stopped waiting" in str(error)
+    if held is not None:
+        held.cancel()
+    holder.settle()

@@ -163,3 +163,13 @@ def test_api_tokens_are_listed_by_id_and_revoked_one_or_all(home, capsys, monkey
     assert events[:4] == ([("token.created", token_id) for token_id in ids]
                           + [("token.revoked", ids[0])])
     assert sorted(events[4:]) == [("token.revoked", token_id) for token_id in sorted(ids[1:])]
+
+
+def test_a_catalogue_error_is_one_line_and_exit_2(home, capsys):
+    # A hold's query the parser cannot read (or a catalogue locked past the
+    # wait) ended in a traceback.
+    assert strongroom(["hold", "place", "board", "--query", 'subject:"unclosed',
+                       "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert err == "strongroom: a quotation mark is not closed\n"
+    assert "Traceback" not in err

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from indexer import IndexerError
 from vault import ConfigError, VaultError
 from vault.audit import command_line_actor as _operator
 from vault.config import CONFIG_NAME, Settings, load, parse_listen
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_umask = os.umask(0o077)
     try:
         status = arguments.command(arguments) or 0
-    except (ConfigError, AccountError, VaultError) as err:
+    except (ConfigError, AccountError, VaultError, IndexerError) as err:
         print(f"strongroom: {err}", file=sys.stderr)
         status = 2
     finally:

@@ -127,6 +127,7 @@ class Service:
             self.receiver.stop()
             self._stop.set()
             self.follower.wake.set()
+            self.catalogue.stop_waiting()
             for thread in (follower, sealer):
                 if thread.ident is not None:
                     thread.join(timeout=60)

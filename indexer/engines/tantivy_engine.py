@@ -120,6 +120,7 @@ class TantivyEngine:
         self._kept: _Kept | None = None
         self._keeping = 0
         self._yield_until = 0.0
+        self._stop_waiting = threading.Event()
 
     def _searcher(self) -> tantivy.Searcher:
         # Costs a tenth of a millisecond, and makes a commit by another
@@ -229,6 +230,10 @@ class TantivyEngine:
             time.sleep(pause)
         return self._writer()
 
+    def stop_waiting(self) -> None:
+        """Make a batch waiting for another process's writer give up now."""
+        self._stop_waiting.set()
+
     def _writer(self) -> tantivy.IndexWriter:
         deadline = time.monotonic() + WRITER_WAIT_SECONDS
         while True:
@@ -242,7 +247,9 @@ class TantivyEngine:
                     raise IndexerError(
                         f"the catalogue {self.path} stayed locked by another writer "
                         f"for {WRITER_WAIT_SECONDS:.0f} s") from None
-                time.sleep(LOCK_RETRY_SECONDS)
+                if self._stop_waiting.wait(LOCK_RETRY_SECONDS):
+                    raise IndexerError(f"stopped waiting for the catalogue {self.path}, "
+                                       "locked by another writer") from None
 
     def close(self) -> None:
         # tantivy releases its files when the last reference goes; the

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS
                                Facets, Page, document_of, record_of, searchable, utc_naive)
 
 log = logging.getLogger(__name__)
+
+LOCK_STEP_SECONDS = 0.1
 
 
 # Chinese and Japanese are written without spaces, so Whoosh's \w+ word
@@ -76,6 +80,7 @@ class WhooshEngine:
             self._index = index.open_dir(str(self.path))
         else:
             self._index = index.create_in(str(self.path), SCHEMA)
+        self._stop_waiting = threading.Event()
 
     def search(self, node: query_tree.Node, owners: frozenset[str] | None, *,
                offset: int, limit: int, sort: str, facets: bool) -> Page:
@@ -114,12 +119,7 @@ class WhooshEngine:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[_WhooshBatch]:
-        try:
-            writer = self._index.writer(timeout=WRITER_WAIT_SECONDS)
-        except LockError:
-            raise IndexerError(
-                f"the catalogue {self.path} stayed locked by another writer for "
-                f"{WRITER_WAIT_SECONDS:.0f} s") from None
+        writer = self._writer()
         try:
             with writer.searcher() as searcher:
                 yield _WhooshBatch(writer, searcher)
@@ -127,6 +127,25 @@ class WhooshEngine:
             writer.cancel()
             raise
         writer.commit()
+
+    def _writer(self):
+        # Whoosh waits for the lock in steps of this long, so that a stop
+        # is heard between them.
+        deadline = time.monotonic() + WRITER_WAIT_SECONDS
+        while True:
+            try:
+                return self._index.writer(timeout=LOCK_STEP_SECONDS)
+            except LockError:
+                if time.monotonic() > deadline:
+                    raise IndexerError(
+                        f"the catalogue {self.path} stayed locked by another writer for "
+                        f"{WRITER_WAIT_SECONDS:.0f} s") from None
+                if self._stop_waiting.is_set():
+                    raise IndexerError(f"stopped waiting for the catalogue {self.path}, "
+                                       "locked by another writer") from None
+
+    def stop_waiting(self) -> None:
+        self._stop_waiting.set()
 
     def settle(self) -> None:
         # Each batch's writer commits and is gone; nothing is left running.
