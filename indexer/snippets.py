@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import regex
+
 from indexer import query as query_tree
 
 SURROUND_CHARS = 60
@@ -16,6 +18,11 @@ MAX_FRAGMENTS = 2
 PLAIN_CHARS = 200
 SEPARATOR = " … "
 _WORD = re.compile(r"\w+")
+# Chinese and Japanese run their words together, and the engines index
+# each Han, Hiragana and Katakana character alone (a query's run is found
+# anywhere in a longer one); so a run is highlighted wherever it stands,
+# not only between word boundaries.
+_CJK = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
 
 
 def snippet_words(node: query_tree.Node) -> tuple[set[str], tuple[str, ...]]:
@@ -61,11 +68,17 @@ def _pattern(words: tuple[set[str], tuple[str, ...]]) -> re.Pattern[str] | None:
     # One expression for all the words, so the scan runs in the regex
     # engine, not word by word in Python.
     whole, prefixes = words
-    choices = [re.escape(word) for word in sorted(whole)]
+    choices = [re.escape(word) for word in sorted(whole) if not _CJK.search(word)]
     choices += [re.escape(prefix) + r"\w*" for prefix in prefixes]
-    if not choices:
+    runs = [re.escape(word) for word in sorted(whole, key=len, reverse=True)
+            if _CJK.search(word)]
+    alternatives = []
+    if choices:
+        alternatives.append(r"(?<!\w)(?:" + "|".join(choices) + r")(?!\w)")
+    alternatives += runs
+    if not alternatives:
         return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(choices) + r")(?!\w)", re.IGNORECASE)
+    return re.compile("|".join(alternatives), re.IGNORECASE)
 
 
 def _first_matches(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:

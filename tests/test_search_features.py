@@ -123,3 +123,17 @@ def test_snippet_fragments_start_and_end_on_whole_words():
     fragment = "".join(run for run, _ in runs)
     assert fragment.split()[0] in words and fragment.split()[-1] in words
     assert fragment.startswith("were delivered") and fragment.endswith("parts and ")
+
+
+def test_a_chinese_word_inside_a_sentence_is_highlighted():
+    # The engines find a run of Han characters anywhere in a longer one; the
+    # snippet looked for it between word boundaries, found none, and fell
+    # back to the start of the body.
+    from indexer import query as query_tree
+    from indexer.snippets import snippet_runs, snippet_words
+
+    text = ("Weekly notes. " + "x " * 80 + "会议在北京举行，请审阅财务报告并回复。 "
+            "plover concatenate")
+    runs = snippet_runs(text, snippet_words(query_tree.parse("财务报告 OR 审阅 OR cat")))
+    assert [run for run, marked in runs if marked] == ["审阅", "财务报告"]
+    assert not runs[0][0].startswith("Weekly")
