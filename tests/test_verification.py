@@ -10,9 +10,10 @@ from indexer.catalogue import Catalogue
 from indexer.follow import Follower
 from tests.conftest import CASES
 from tests.homes import make_home
-from vault.ingest import Vault, open_vault
+from vault.ingest import MESSAGES, Vault, open_vault
 from vault.config import load
 from vault.ownership import Envelope
+from vault.receipts import RECEIPTS
 from vault.verification import verify
 from web.cli import main as strongroom
 
@@ -125,3 +126,38 @@ def test_rotated_key_seals_new_objects_and_old_ones_still_open(home, vault, caps
     assert new_key_id.encode() in sealed[:64]
     report = verify(rotated)
     assert report.is_clean and report.opened == 4
+
+
+def test_mail_arriving_while_verify_runs_is_counted_not_a_fault(home, vault, monkeypatch):
+    # Run during a burst, verify named every message that arrived meanwhile
+    # "stored but not in the catalogue" (and one stored between its two
+    # listings "stored but no receipt names it"), and exited 1.
+    from web.cli import _indexed_through
+
+    catalogue = Catalogue(load(home).path("catalogue"))
+    Follower(vault, catalogue).catch_up()
+    through = _indexed_through(catalogue, overlap_seconds=0)
+    ids = catalogue.ids()
+    # The first message received: well before the cursor.
+    first_receipt = min(vault.store.list(RECEIPTS))
+    indexed_id = vault.read_receipt(first_receipt).message_key.removeprefix(MESSAGES + "/")
+
+    def deliver(number):
+        raw = (CASES / "B16.eml").read_bytes().replace(
+            b"Subject:", f"X-Number: {number}\r\nSubject:".encode(), 1)
+        vault.archive(raw, Envelope("a@example.com", ("bob@example.com",)))
+
+    deliver(1)                                   # after the catalogue was read
+    listing = vault.store.list
+
+    def list_delivering(prefix, after=""):
+        if prefix == MESSAGES and not delivered:
+            delivered.append(deliver(2))         # between the two listings
+        return listing(prefix, after)
+
+    delivered: list[None] = []
+    monkeypatch.setattr(vault.store, "list", list_delivering)
+    report = verify(vault, catalogue_ids=ids - {indexed_id}, indexed_through=through)
+    assert report.faults == [f"{MESSAGES}/{indexed_id}: stored but not in the catalogue"]
+    assert report.not_yet_indexed == 2
+    assert (report.messages, report.receipts) == (5, 5)
