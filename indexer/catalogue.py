@@ -505,7 +505,8 @@ def normalise(document: dict) -> dict:
                                for owner in document.get("owners", ())})
     for name in (*SEARCH_FIELDS, "bcc", "filename", "message_id", "preview",
                  "sender_address"):
-        normal[name] = valid_text(str(normal.get(name) or ""))
+        value = normal.get(name) or ""
+        normal[name] = value if isinstance(value, str) else valid_text(str(value))
     normal["sender_address"] = normal["sender_address"].lower()
     normal["size"] = int(document.get("size") or 0)
     normal["has_attachment"] = bool(document.get("has_attachment"))

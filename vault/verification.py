@@ -78,35 +78,32 @@ def verify(vault: Vault, *, catalogue_ids: set[str] | None = None,
     received: dict[str, list[tuple[str, str, int]]] = {}
     reports_named: set[str] = set()
 
-    report.receipts = len(receipt_keys)
-    for key in progress(receipt_keys, "receipts", len(receipt_keys)):
+    def read(key: str) -> str | None:
+        """Read one receipt into ``received``; return the message it names."""
         try:
             receipt = vault.read_receipt(key)
         except VaultError as err:
             report.fault(key, str(err))
-            continue
+            return None
         received.setdefault(receipt.message_key, []).append((key, receipt.sha256, receipt.size))
-        if receipt.message_key not in message_keys:
-            report.fault(key, f"names {receipt.message_key}, which is not stored")
         if receipt.report_key:
             reports_named.add(receipt.report_key)
+        return receipt.message_key
 
-    orphans = message_keys - received.keys()
-    if orphans:
-        # Delivered while the two listings ran: their receipts came after.
+    report.receipts = len(receipt_keys)
+    for key in progress(receipt_keys, "receipts", len(receipt_keys)):
+        named = read(key)
+        if named is not None and named not in message_keys:
+            report.fault(key, f"names {named}, which is not stored")
+
+    if message_keys - received.keys():
+        # Delivered while the two listings ran: their receipts came after
+        # (and may name messages stored after the listing, so no check).
         listed = set(receipt_keys)
         later = [key for key in vault.store.list(RECEIPTS) if key not in listed]
         report.receipts += len(later)
         for key in later:
-            try:
-                receipt = vault.read_receipt(key)
-            except VaultError as err:
-                report.fault(key, str(err))
-                continue
-            received.setdefault(receipt.message_key, []).append(
-                (key, receipt.sha256, receipt.size))
-            if receipt.report_key:
-                reports_named.add(receipt.report_key)
+            read(key)
     for key in sorted(message_keys - received.keys()):
         report.fault(key, "stored but no receipt names it")
     report_keys = set(vault.store.list(REPORTS))
