@@ -92,10 +92,7 @@ class Follower:
     @property
     def cursor(self) -> str:
         """Return the key of the latest receipt indexed and committed."""
-        try:
-            return self.cursor_path.read_text("ascii").strip()
-        except FileNotFoundError:
-            return ""
+        return read_cursor(self.cursor_path)
 
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Index every receipt not yet indexed; return how many."""
@@ -107,7 +104,7 @@ class Follower:
                     # A new index (reindex) has not seen what this one skips.
                     self._recent.clear()
                     self._generation = generation
-                floor = self._floor(self.cursor)
+                floor = overlap_floor(self.cursor, self.overlap)
                 self._recent = {key for key in self._recent if key > floor}
                 listed = (key for key in self.vault.receipts_after(floor)
                           if key not in self._recent)
@@ -208,15 +205,6 @@ class Follower:
                 log.exception("follower failed; retrying after %.1f s", interval,
                               extra={"event": "follower.error"})
             self.wake.wait(interval)
-
-    def _floor(self, cursor: str) -> str:
-        if not cursor:
-            return ""
-        try:
-            return time_prefix(receipt_time(cursor) - self.overlap)
-        except ValueError:
-            log.warning("cursor %r is not a receipt key; starting over", cursor)
-            return ""
 
     def _index_batch(self, receipt_keys: list[str]) -> Path:
         """Index the receipts in one batch; return the generation written."""
@@ -409,6 +397,29 @@ class _Planned:
 
     first: Receipt
     receipts: list[tuple[str, Receipt]] = dataclasses.field(default_factory=list)
+
+
+def read_cursor(path: Path) -> str:
+    """Return the cursor kept at ``path`` ("" before the first commit)."""
+    try:
+        return path.read_text("ascii").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def overlap_floor(cursor: str, overlap: dt.timedelta) -> str:
+    """Return the key prefix ``overlap`` before ``cursor``: through it, all is indexed.
+
+    Receipts made within the overlap may become visible (and be indexed)
+    after the cursor passed their time, so only those before it are sure.
+    """
+    if not cursor:
+        return ""
+    try:
+        return time_prefix(receipt_time(cursor) - overlap)
+    except ValueError:
+        log.warning("cursor %r is not a receipt key; starting over", cursor)
+        return ""
 
 
 def _batches(keys: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -132,11 +132,13 @@ def test_mail_arriving_while_verify_runs_is_counted_not_a_fault(home, vault, mon
     # Run during a burst, verify named every message that arrived meanwhile
     # "stored but not in the catalogue" (and one stored between its two
     # listings "stored but no receipt names it"), and exited 1.
-    from web.cli import _indexed_through
+    import datetime as dt
+
+    from indexer.follow import overlap_floor, read_cursor
 
     catalogue = Catalogue(load(home).path("catalogue"))
     Follower(vault, catalogue).catch_up()
-    through = _indexed_through(catalogue, overlap_seconds=0)
+    through = overlap_floor(read_cursor(catalogue.cursor_path), dt.timedelta(0))
     ids = catalogue.ids()
     # The first message received: well before the cursor.
     first_receipt = min(vault.store.list(RECEIPTS))

@@ -245,7 +245,10 @@ def sender_remove(arguments: argparse.Namespace) -> int:
 
 def verify(arguments: argparse.Namespace) -> int:
     """Open and cross-check every object; exit 1 if anything is wrong."""
+    import datetime as dt
+
     from indexer.catalogue import open_catalogue
+    from indexer.follow import overlap_floor, read_cursor
     from vault.ingest import open_vault
     from vault.verification import verify as verify_vault
 
@@ -253,7 +256,9 @@ def verify(arguments: argparse.Namespace) -> int:
     vault = open_vault(settings)
     catalogue = open_catalogue(settings)
     # The cursor before the ids: every receipt through it is in the ids.
-    indexed_through = _indexed_through(catalogue, settings.catalogue.overlap_seconds)
+    indexed_through = overlap_floor(
+        read_cursor(catalogue.cursor_path),
+        dt.timedelta(seconds=settings.catalogue.overlap_seconds))
     report = verify_vault(vault, catalogue_ids=catalogue.ids(),
                           indexed_through=indexed_through, sample=arguments.sample,
                           progress=_progress_bar)
@@ -268,23 +273,6 @@ def verify(arguments: argparse.Namespace) -> int:
     print(f"{report.messages} messages ({report.opened} opened), {report.receipts} receipts, "
           f"{len(report.faults)} fault(s)")
     return 0 if report.is_clean else 1
-
-
-def _indexed_through(catalogue, overlap_seconds: float) -> str:
-    """Return the receipt key through which the catalogue is complete ("" if unknown).
-
-    The follower's cursor, less its overlap window: receipts made within it
-    may become visible, and be indexed, after the cursor passed their time.
-    """
-    import datetime as dt
-
-    from vault.receipts import receipt_time, time_prefix
-
-    try:
-        cursor = catalogue.cursor_path.read_text("ascii").strip()
-        return time_prefix(receipt_time(cursor) - dt.timedelta(seconds=overlap_seconds))
-    except (OSError, ValueError):
-        return ""
 
 
 def keys_rotate(arguments: argparse.Namespace) -> int:
