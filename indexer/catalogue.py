@@ -52,10 +52,11 @@ import re
 import secrets
 import shutil
 import threading
+import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from indexer import IndexerError, QueryError
 from indexer import query as query_tree
@@ -184,6 +185,30 @@ class Engine(Protocol):
     def stop_waiting(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+_Writer = TypeVar("_Writer")
+
+
+def wait_for_writer(attempt: Callable[[], _Writer | None], path: Path, *, seconds: float,
+                    stopping: threading.Event, pause: float) -> _Writer:
+    """Return a writer from ``attempt``, which gives None while another holds the lock.
+
+    Tried again after ``pause`` (0 for an engine whose attempt waits
+    itself) until ``seconds`` have passed, or ``stopping`` is set (a
+    service stopping); either raises IndexerError.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        writer = attempt()
+        if writer is not None:
+            return writer
+        if time.monotonic() > deadline:
+            raise IndexerError(f"the catalogue {path} stayed locked by another writer "
+                               f"for {seconds:.0f} s")
+        if stopping.wait(pause):
+            raise IndexerError(f"stopped waiting for the catalogue {path}, "
+                               "locked by another writer")
 
 
 def open_engine(name: str, path: Path) -> Engine:

@@ -29,7 +29,8 @@ from tantivy import FieldType, Occur, Order, Query
 from indexer import IndexerError
 from indexer import query as query_tree
 from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS,
-                               Facets, Page, document_of, record_of, searchable)
+                               Facets, Page, document_of, record_of, searchable,
+                               wait_for_writer)
 
 log = logging.getLogger(__name__)
 
@@ -235,21 +236,17 @@ class TantivyEngine:
         self._stop_waiting.set()
 
     def _writer(self) -> tantivy.IndexWriter:
-        deadline = time.monotonic() + WRITER_WAIT_SECONDS
-        while True:
+        def attempt() -> tantivy.IndexWriter | None:
             try:
                 return self._index.writer(heap_size=WRITER_HEAP_BYTES,
                                           num_threads=WRITER_THREADS)
             except ValueError as err:
                 if "LockBusy" not in str(err):
                     raise IndexerError(f"cannot write the catalogue {self.path}: {err}") from None
-                if time.monotonic() > deadline:
-                    raise IndexerError(
-                        f"the catalogue {self.path} stayed locked by another writer "
-                        f"for {WRITER_WAIT_SECONDS:.0f} s") from None
-                if self._stop_waiting.wait(LOCK_RETRY_SECONDS):
-                    raise IndexerError(f"stopped waiting for the catalogue {self.path}, "
-                                       "locked by another writer") from None
+                return None
+
+        return wait_for_writer(attempt, self.path, seconds=WRITER_WAIT_SECONDS,
+                               stopping=self._stop_waiting, pause=LOCK_RETRY_SECONDS)
 
     def close(self) -> None:
         # tantivy releases its files when the last reference goes; the

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from whoosh.fields import BOOLEAN, DATETIME, ID, KEYWORD, NUMERIC, STORED, TEXT,
 from whoosh.index import LockError
 from whoosh.query import Every, Prefix, Query, Term
 
-from indexer import IndexerError
 from indexer import query as query_tree
 from indexer.catalogue import (FACET_SENDERS, SEARCH_FIELDS, WRITER_WAIT_SECONDS,
-                               Facets, Page, document_of, record_of, searchable, utc_naive)
+                               Facets, Page, document_of, record_of, searchable, utc_naive,
+                               wait_for_writer)
 
 log = logging.getLogger(__name__)
 
@@ -129,20 +128,16 @@ class WhooshEngine:
         writer.commit()
 
     def _writer(self):
-        # Whoosh waits for the lock in steps of this long, so that a stop
-        # is heard between them.
-        deadline = time.monotonic() + WRITER_WAIT_SECONDS
-        while True:
+        def attempt():
+            # Whoosh waits for the lock itself, in steps of this long, so
+            # that a stop is heard between them.
             try:
                 return self._index.writer(timeout=LOCK_STEP_SECONDS)
             except LockError:
-                if time.monotonic() > deadline:
-                    raise IndexerError(
-                        f"the catalogue {self.path} stayed locked by another writer for "
-                        f"{WRITER_WAIT_SECONDS:.0f} s") from None
-                if self._stop_waiting.is_set():
-                    raise IndexerError(f"stopped waiting for the catalogue {self.path}, "
-                                       "locked by another writer") from None
+                return None
+
+        return wait_for_writer(attempt, self.path, seconds=WRITER_WAIT_SECONDS,
+                               stopping=self._stop_waiting, pause=0)
 
     def stop_waiting(self) -> None:
         self._stop_waiting.set()
