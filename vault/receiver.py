@@ -92,16 +92,15 @@ _STUFFED_AFTER_BARE_LF = re.compile(rb"(?<!\r)\n\.")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _has_controls(address: str) -> bool:
-    return _CONTROL.search(address) is not None
-
-
-def _is_not_utf8(address: str) -> bool:
+def _bad_address(address: str, what: str) -> str | None:
+    """Return the 501 for an address RFC 5321/6531 do not allow, else None."""
+    if _CONTROL.search(address) is not None:
+        return ERR_501_CONTROLS.format(what=what)
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:
-        return True
-    return False
+        return ERR_501_NOT_UTF8.format(what=what)
+    return None
 
 
 def unstuff_bare_lf_lines(content: bytes) -> bytes:
@@ -225,10 +224,9 @@ class JournalHandler:
                         refused, extra={"event": "receiver.refused"})
             await self.record_refusal(session, [], refused)
             return refused
-        if _has_controls(address):
-            return ERR_501_CONTROLS.format(what="sender")
-        if _is_not_utf8(address):
-            return ERR_501_NOT_UTF8.format(what="sender")
+        bad = _bad_address(address, "sender")
+        if bad is not None:
+            return bad
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -239,10 +237,9 @@ class JournalHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return ERR_452_RECIPIENTS
-        if _has_controls(address):
-            return ERR_501_CONTROLS.format(what="recipient")
-        if _is_not_utf8(address):
-            return ERR_501_NOT_UTF8.format(what="recipient")
+        bad = _bad_address(address, "recipient")
+        if bad is not None:
+            return bad
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
